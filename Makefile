@@ -1,0 +1,56 @@
+# corolet — build, demo and test commands. Every target makes its own virtualenv per
+# interpreter (.venv-<major.minor>) and installs what it needs into it from PyPI.
+#
+#   make demo                 build corolet and run `python -m corolet`
+#   make test                 build corolet and run every test (cargo, pytest, upstream greenlet suite)
+#   make test-all             `make test` on every supported interpreter
+#   PYTHON=/path/to/python    choose the interpreter (default: python3)
+
+PYTHON ?= python3
+PYVER := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+VENV ?= .venv-$(PYVER)
+VPY := $(CURDIR)/$(VENV)/bin/python
+CARGO_TARGET := $(CURDIR)/target/py$(PYVER)
+PYS ?= /root/.pyenv/versions/3.10.13/bin/python /root/.pyenv/versions/3.11.7/bin/python \
+       /root/.pyenv/versions/3.12.1/bin/python /root/.pyenv/versions/3.13.0/bin/python
+export CARGO_TARGET_DIR := $(CARGO_TARGET)
+
+.PHONY: demo test test-all venv build cargo-test lint pytest upstream bench-fast bench valgrind clean
+
+$(VENV)/.stamp: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q "maturin>=1.9.4,<2" "pytest>=8" "pytest-timeout>=2.3" "psutil>=5.9" "objgraph>=3.6" "ruff>=0.6"
+	touch $@
+
+venv: $(VENV)/.stamp
+
+build: venv
+	cd $(CURDIR) && VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH \
+	    $(VENV)/bin/maturin develop --release --quiet
+
+demo: build
+	$(VPY) -m corolet
+
+cargo-test:
+	PYO3_PYTHON=$(PYTHON) cargo test --release --quiet
+
+lint: venv
+	cargo fmt --check
+	PYO3_PYTHON=$(PYTHON) cargo clippy --release --quiet --all-targets -- -D warnings
+	$(VENV)/bin/ruff check python tests benches examples tools
+	$(VENV)/bin/ruff format --check python tests benches examples tools
+
+pytest: build
+	$(VPY) -m pytest -q tests
+
+upstream: build
+	$(VPY) tools/upstream.py --python $(VPY)
+
+test: build cargo-test lint pytest upstream
+
+test-all:
+	set -e; for p in $(PYS); do $(MAKE) --no-print-directory test PYTHON=$$p; done
+
+clean:
+	rm -rf target .venv-* .cache

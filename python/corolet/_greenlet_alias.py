@@ -1,0 +1,34 @@
+"""The module ``corolet.install()`` puts in place of ``greenlet``.
+
+It carries the names of greenlet's own package namespace, backed by corolet.
+"""
+
+from corolet import _corolet
+from corolet._corolet import (
+    GREENLET_USE_CONTEXT_VARS,
+    GREENLET_USE_GC,
+    GREENLET_USE_TRACING,
+    GreenletExit,
+    error,
+    getcurrent,
+    gettrace,
+    greenlet,
+    settrace,
+)
+
+__corolet__ = True
+__version__ = "3.5.6"  # the greenlet API level corolet implements
+_greenlet = _corolet
+
+__all__ = [
+    "__version__",
+    "GreenletExit",
+    "error",
+    "getcurrent",
+    "greenlet",
+    "gettrace",
+    "settrace",
+    "GREENLET_USE_CONTEXT_VARS",
+    "GREENLET_USE_GC",
+    "GREENLET_USE_TRACING",
+]

@@ -1,0 +1,928 @@
+//! The `greenlet.greenlet` type: object layout, construction, attributes, destruction.
+//!
+//! Layout: greenlet 3.x's, so C extensions compiled against greenlet's header (gevent's
+//! Cython classes subclass the type at the C level) keep working: `PyObject_HEAD`, the
+//! weak-reference list at offset 16, `__dict__` at 24, a pointer to the Rust state
+//! ([`Green`]) at 32; 40 bytes in all on 64-bit. The type is built with raw FFI from a spec,
+//! not with `#[pyclass]`, whose layout differs.
+//!
+//! Life of a greenlet: *unstarted* (has a `run`, no stack), *active* (started: running or
+//! suspended on its own fiber stack), *dead* (its `run` returned or raised; its stack is back
+//! in the pool). Main greenlets are active from birth and run on their thread's stack.
+//! Switching lives in `switch.rs`; this file only keeps the state consistent.
+
+use std::cell::{Cell, UnsafeCell};
+use std::ffi::{c_int, c_void, CStr};
+use std::ptr;
+use std::sync::{Arc, OnceLock};
+
+use pyo3::ffi;
+
+use crate::fiber::Fiber;
+use crate::messages as msg;
+use crate::pyerr::{guard, new_ref_or_none, none, set_error, set_error_str, NULL};
+use crate::pystate::{self, PyState};
+use crate::switch::{self, Payload};
+use crate::thread::{ThreadShared, ThreadState, MAIN_GREENLETS};
+
+/// greenlet 3.x's object layout (`PyGreenlet` in greenlet.h).
+#[repr(C)]
+pub struct PyGreenlet {
+    ob_base: ffi::PyObject,
+    weakreflist: *mut ffi::PyObject,
+    dict: *mut ffi::PyObject,
+    pimpl: *mut Green,
+}
+
+const _: () = assert!(std::mem::size_of::<PyGreenlet>() == 40);
+
+/// Where a greenlet is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Life {
+    /// Created, never switched to.
+    Unstarted,
+    /// Started and not finished: running or suspended.
+    Active,
+    /// Its `run` finished (or it was killed).
+    Dead,
+}
+
+/// The Rust state of one greenlet. Touched only with the GIL held.
+pub struct Green {
+    pub life: Cell<Life>,
+    /// True while it is the running greenlet of its thread.
+    pub running: Cell<bool>,
+    /// Main greenlets run on their thread's stack and never finish.
+    pub is_main: bool,
+    /// Strong; null for main greenlets.
+    pub parent: Cell<*mut ffi::PyObject>,
+    /// Strong or null: the callable to run (before the start), the looked-up one (while
+    /// running its first call).
+    pub run: Cell<*mut ffi::PyObject>,
+    /// Strong: the main greenlet of the thread it started in; null until started.
+    pub main: Cell<*mut ffi::PyObject>,
+    /// Main greenlets only: their thread.
+    pub thread: Option<Arc<ThreadShared>>,
+    /// The stack it runs on, once started (non-main).
+    pub fiber: UnsafeCell<Option<Box<Fiber<Payload>>>>,
+    /// Its saved interpreter state while not running.
+    pub state: PyState,
+    /// Approximate stack pointer when it last switched away.
+    pub saved_sp: Cell<usize>,
+    /// Test hooks of `UnswitchableGreenlet`.
+    pub force_switch_error: Cell<bool>,
+    pub force_slp_switch_error: Cell<bool>,
+}
+
+impl Green {
+    fn new(is_main: bool, parent: *mut ffi::PyObject, thread: Option<Arc<ThreadShared>>) -> Self {
+        Green {
+            life: Cell::new(if is_main {
+                Life::Active
+            } else {
+                Life::Unstarted
+            }),
+            running: Cell::new(false),
+            is_main,
+            parent: Cell::new(parent),
+            run: Cell::new(ptr::null_mut()),
+            main: Cell::new(ptr::null_mut()),
+            thread,
+            fiber: UnsafeCell::new(None),
+            state: PyState::default(),
+            saved_sp: Cell::new(0),
+            force_switch_error: Cell::new(false),
+            force_slp_switch_error: Cell::new(false),
+        }
+    }
+
+    /// The fiber, if it has one (borrowed).
+    pub fn fiber_ptr(&self) -> *const Fiber<Payload> {
+        // SAFETY: GIL held; a shared read of the option.
+        unsafe { (*self.fiber.get()).as_deref().map_or(ptr::null(), |f| f as *const _) }
+    }
+
+    /// The main greenlet of the thread it belongs to, by its lineage (borrowed, may be
+    /// null when the chain is broken).
+    pub fn lineage_main(&self, me: *mut ffi::PyObject) -> *mut ffi::PyObject {
+        let mut g = me;
+        while !g.is_null() {
+            // SAFETY: every greenlet on a parent chain is kept alive by its child.
+            let gr = unsafe { green(g) };
+            if gr.is_main {
+                return g;
+            }
+            let main = gr.main.get();
+            if !main.is_null() {
+                return main;
+            }
+            g = gr.parent.get();
+        }
+        ptr::null_mut()
+    }
+
+    /// Whether its thread has exited (started greenlets and main greenlets only).
+    pub fn thread_exited(&self) -> bool {
+        let main = if self.is_main {
+            return self.thread.as_ref().is_some_and(|t| !t.alive());
+        } else {
+            self.main.get()
+        };
+        if main.is_null() {
+            return false;
+        }
+        // SAFETY: we hold a reference to our main greenlet.
+        unsafe { green(main).thread.as_ref().is_some_and(|t| !t.alive()) }
+    }
+
+    /// Dead, or active in a thread that has exited.
+    pub fn is_dead(&self) -> bool {
+        self.life.get() == Life::Dead || (self.life.get() == Life::Active && self.thread_exited())
+    }
+}
+
+impl Drop for Green {
+    fn drop(&mut self) {
+        // SAFETY: runs in tp_dealloc with the GIL held; the pointers are owned references.
+        unsafe {
+            let fiber = self.fiber.get_mut().take();
+            if let Some(fiber) = fiber {
+                if fiber.started() && !fiber.finished() {
+                    // Only reached for greenlets whose thread is gone or that could not be
+                    // killed: nothing on that stack may run again.
+                    fiber.abandon();
+                }
+                drop(fiber);
+            }
+            pystate::corolet_pystate_clear(self.state.as_ptr());
+            for p in [&self.parent, &self.run, &self.main] {
+                let obj = p.replace(ptr::null_mut());
+                ffi::Py_XDECREF(obj);
+            }
+        }
+    }
+}
+
+/// Module-wide objects, set once at import.
+pub struct Globals {
+    pub ty: *mut ffi::PyTypeObject,
+    pub exit: *mut ffi::PyObject,
+    pub error: *mut ffi::PyObject,
+    pub str_run: *mut ffi::PyObject,
+    pub str_switch: *mut ffi::PyObject,
+    pub str_throw: *mut ffi::PyObject,
+}
+// SAFETY: immortal-for-our-purposes objects (we hold references forever), used with the GIL.
+unsafe impl Send for Globals {}
+// SAFETY: as above.
+unsafe impl Sync for Globals {}
+
+static GLOBALS: OnceLock<Globals> = OnceLock::new();
+
+/// The module-wide objects (the module must have been imported).
+#[inline]
+pub fn globals() -> &'static Globals {
+    GLOBALS.get().expect("corolet._corolet is initialised")
+}
+
+/// The Rust state of a greenlet object.
+///
+/// # Safety
+/// `obj` is a live instance of the greenlet type (or a subtype), GIL held.
+#[inline]
+pub unsafe fn green<'a>(obj: *mut ffi::PyObject) -> &'a Green {
+    // SAFETY: per contract the object has our layout and tp_new set pimpl.
+    unsafe { &*(*(obj as *mut PyGreenlet)).pimpl }
+}
+
+/// Whether `obj` is a greenlet (any subtype).
+///
+/// # Safety
+/// GIL held; `obj` live.
+#[inline]
+pub unsafe fn is_greenlet(obj: *mut ffi::PyObject) -> bool {
+    let ty = globals().ty;
+    // SAFETY: live object.
+    unsafe { ffi::Py_TYPE(obj) == ty || ffi::PyType_IsSubtype(ffi::Py_TYPE(obj), ty) != 0 }
+}
+
+/// Sets greenlet's TypeError for a non-greenlet.
+unsafe fn not_a_greenlet(obj: *mut ffi::PyObject) {
+    // SAFETY: live object; GIL held.
+    unsafe {
+        let name = CStr::from_ptr((*ffi::Py_TYPE(obj)).tp_name).to_string_lossy();
+        set_error_str(ffi::PyExc_TypeError, &msg::not_a_greenlet(&name));
+    }
+}
+
+/// Creates the main greenlet of the calling thread (a new reference).
+///
+/// # Safety
+/// GIL held; called once per thread by `ThreadState`.
+pub unsafe fn new_main(thread: Arc<ThreadShared>) -> *mut ffi::PyObject {
+    let ty = globals().ty;
+    // SAFETY: allocating an instance of our own type.
+    unsafe {
+        let obj = ffi::PyType_GenericAlloc(ty, 0);
+        if obj.is_null() {
+            return NULL;
+        }
+        let g = Box::new(Green::new(true, ptr::null_mut(), Some(thread)));
+        (*(obj as *mut PyGreenlet)).pimpl = Box::into_raw(g);
+        obj
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Construction.
+
+unsafe extern "C" fn tp_new(
+    ty: *mut ffi::PyTypeObject,
+    _args: *mut ffi::PyObject,
+    _kwds: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    guard(NULL, || {
+        // SAFETY: called by CPython with the GIL; `ty` is our type or a subtype.
+        unsafe {
+            let ts = ThreadState::get();
+            if ts.is_null() {
+                return NULL;
+            }
+            (*ts).drain_deleteme();
+            let obj = ffi::PyType_GenericAlloc(ty, 0);
+            if obj.is_null() {
+                return NULL;
+            }
+            let parent = ffi::Py_NewRef((*ts).current());
+            let g = Box::new(Green::new(false, parent, None));
+            (*(obj as *mut PyGreenlet)).pimpl = Box::into_raw(g);
+            obj
+        }
+    })
+}
+
+unsafe extern "C" fn tp_init(
+    obj: *mut ffi::PyObject,
+    args: *mut ffi::PyObject,
+    kwds: *mut ffi::PyObject,
+) -> c_int {
+    guard(-1, || {
+        // SAFETY: called by CPython with the GIL on an instance of our type.
+        unsafe {
+            let mut run: *mut ffi::PyObject = ptr::null_mut();
+            let mut parent: *mut ffi::PyObject = ptr::null_mut();
+            let mut kwlist = [c"run".as_ptr() as *mut _, c"parent".as_ptr() as *mut _, ptr::null_mut()];
+            if ffi::PyArg_ParseTupleAndKeywords(
+                args,
+                kwds,
+                c"|OO:green".as_ptr(),
+                kwlist.as_mut_ptr(),
+                &mut run,
+                &mut parent,
+            ) == 0
+            {
+                return -1;
+            }
+            if !run.is_null() && set_run(obj, run) < 0 {
+                return -1;
+            }
+            if !parent.is_null() && parent != ffi::Py_None() {
+                return set_parent(obj, parent);
+            }
+            0
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Destruction and garbage collection.
+
+unsafe extern "C" fn tp_dealloc(obj: *mut ffi::PyObject) {
+    // SAFETY: called by CPython with the GIL, refcount 0, on an instance of our type.
+    unsafe {
+        ffi::PyObject_GC_UnTrack(obj as *mut c_void);
+        let pimpl = (*(obj as *mut PyGreenlet)).pimpl;
+        if !pimpl.is_null() {
+            let g = &*pimpl;
+            if g.life.get() == Life::Active && !g.is_main && !kill_on_dealloc(obj) {
+                return;
+            }
+        }
+        let this = obj as *mut PyGreenlet;
+        if !(*this).weakreflist.is_null() {
+            ffi::PyObject_ClearWeakRefs(obj);
+        }
+        let dict = std::mem::replace(&mut (*this).dict, ptr::null_mut());
+        ffi::Py_XDECREF(dict);
+        if !pimpl.is_null() {
+            (*this).pimpl = ptr::null_mut();
+            let g = Box::from_raw(pimpl);
+            if g.is_main {
+                MAIN_GREENLETS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(g)));
+        }
+        let ty = ffi::Py_TYPE(obj);
+        if let Some(free) = (*ty).tp_free {
+            free(obj as *mut c_void);
+        }
+        ffi::Py_DECREF(ty as *mut ffi::PyObject);
+    }
+}
+
+/// A suspended greenlet lost its last reference: throw `GreenletExit` into it (in its own
+/// thread), so its `finally` blocks run. Returns false if the object must not be freed (it
+/// was resurrected, queued for its own thread, or refused to die).
+unsafe fn kill_on_dealloc(obj: *mut ffi::PyObject) -> bool {
+    // SAFETY: GIL held; `obj` has refcount 0 and is ours.
+    unsafe {
+        let g = green(obj);
+        let main = g.main.get();
+        let thread = if main.is_null() {
+            None
+        } else {
+            green(main).thread.clone()
+        };
+        let alive = thread.as_ref().is_some_and(|t| t.alive());
+        if pystate::corolet_is_finalizing() != 0 || !alive {
+            // Nothing on that stack may run any more: let it go, leaking what its frames held.
+            if let Some(f) = (*g.fiber.get()).as_ref() {
+                f.abandon();
+            }
+            g.life.set(Life::Dead);
+            return true;
+        }
+        let ts = ThreadState::existing();
+        let thread = thread.expect("alive implies a thread");
+        if ts.is_null() || !Arc::ptr_eq(&(*ts).shared, &thread) {
+            // Its own thread will drop it next time it runs greenlet code.
+            resurrect(obj, 1);
+            thread.queue_for_deletion(obj);
+            return false;
+        }
+        pystate::corolet_set_refcnt(obj, 1);
+        let saved = if ffi::PyErr_Occurred().is_null() {
+            None
+        } else {
+            Some(crate::pyerr::ErrState::fetch())
+        };
+        let old_parent = g.parent.replace(ffi::Py_NewRef((*ts).current()));
+        let result = switch::kill(obj);
+        if result.is_null() {
+            ffi::PyErr_WriteUnraisable(obj);
+        } else {
+            ffi::Py_DECREF(result);
+        }
+        let temp_parent = g.parent.replace(old_parent);
+        ffi::Py_DECREF(temp_parent);
+        let refcnt = ffi::Py_REFCNT(obj);
+        if refcnt == 1 && g.life.get() == Life::Active {
+            // Caught GreenletExit and switched away without dying: complain and leak it.
+            let stderr = ffi::PySys_GetObject(c"stderr".as_ptr());
+            ffi::Py_INCREF(obj);
+            if !stderr.is_null() {
+                ffi::Py_INCREF(stderr);
+                ffi::PyFile_WriteString(c"GreenletExit did not kill ".as_ptr(), stderr);
+                ffi::PyFile_WriteObject(obj, stderr, 0);
+                ffi::PyFile_WriteString(c"\n".as_ptr(), stderr);
+                ffi::Py_DECREF(stderr);
+            }
+        }
+        if let Some(saved) = saved {
+            saved.restore();
+        }
+        let refcnt = ffi::Py_REFCNT(obj) - 1;
+        pystate::corolet_set_refcnt(obj, refcnt);
+        if refcnt != 0 {
+            resurrect(obj, refcnt);
+            return false;
+        }
+        true
+    }
+}
+
+/// Brings a deallocating object back to life with `refcnt` references.
+unsafe fn resurrect(obj: *mut ffi::PyObject, refcnt: ffi::Py_ssize_t) {
+    // SAFETY: GIL held; `obj` is in tp_dealloc. A heap type's subtype_dealloc drops a type
+    // reference after we return, so we take one to balance it.
+    unsafe {
+        pystate::corolet_set_refcnt(obj, refcnt);
+        let ty = ffi::Py_TYPE(obj);
+        if ffi::PyType_HasFeature(ty, ffi::Py_TPFLAGS_HEAPTYPE) != 0 {
+            ffi::Py_INCREF(ty as *mut ffi::PyObject);
+        }
+        ffi::PyObject_GC_Track(obj as *mut c_void);
+    }
+}
+
+unsafe extern "C" fn tp_traverse(
+    obj: *mut ffi::PyObject,
+    visit: ffi::visitproc,
+    arg: *mut c_void,
+) -> c_int {
+    // SAFETY: called by the GC with the GIL on an instance of our type.
+    unsafe {
+        let this = obj as *mut PyGreenlet;
+        macro_rules! visit {
+            ($e:expr) => {
+                let o: *mut ffi::PyObject = $e;
+                if !o.is_null() {
+                    let r = visit(o, arg);
+                    if r != 0 {
+                        return r;
+                    }
+                }
+            };
+        }
+        visit!((*this).dict);
+        let pimpl = (*this).pimpl;
+        if pimpl.is_null() {
+            return 0;
+        }
+        let g = &*pimpl;
+        visit!(g.parent.get());
+        visit!(g.run.get());
+        visit!(g.main.get());
+        pystate::corolet_pystate_traverse(g.state.as_ptr(), visit, arg)
+    }
+}
+
+unsafe extern "C" fn tp_is_gc(obj: *mut ffi::PyObject) -> c_int {
+    // SAFETY: called by the GC with the GIL.
+    unsafe {
+        let pimpl = (*(obj as *mut PyGreenlet)).pimpl;
+        if pimpl.is_null() {
+            return 1;
+        }
+        let g = &*pimpl;
+        // A suspended greenlet's frames hold references the collector cannot see: keep it
+        // out of cycle collection (as greenlet does), unless its thread is gone.
+        (g.is_main || g.life.get() != Life::Active || g.thread_exited()) as c_int
+    }
+}
+
+unsafe extern "C" fn tp_clear(obj: *mut ffi::PyObject) -> c_int {
+    // SAFETY: called by the GC with the GIL.
+    unsafe {
+        let this = obj as *mut PyGreenlet;
+        let dict = std::mem::replace(&mut (*this).dict, ptr::null_mut());
+        ffi::Py_XDECREF(dict);
+        let pimpl = (*this).pimpl;
+        if pimpl.is_null() {
+            return 0;
+        }
+        let g = &*pimpl;
+        if g.life.get() == Life::Active && !g.is_main && !g.thread_exited() {
+            return 0;
+        }
+        pystate::corolet_pystate_clear(g.state.as_ptr());
+        if !g.is_main {
+            for p in [&g.run] {
+                let o = p.replace(ptr::null_mut());
+                ffi::Py_XDECREF(o);
+            }
+        }
+        0
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Attributes.
+
+unsafe fn set_run(obj: *mut ffi::PyObject, run: *mut ffi::PyObject) -> c_int {
+    // SAFETY: GIL held; `obj` is a greenlet.
+    unsafe {
+        let g = green(obj);
+        if g.is_main {
+            set_error(ffi::PyExc_AttributeError, msg::MAIN_RUN);
+            return -1;
+        }
+        if g.life.get() != Life::Unstarted {
+            set_error(ffi::PyExc_AttributeError, msg::RUN_AFTER_START);
+            return -1;
+        }
+        let old = g.run.replace(if run.is_null() {
+            ptr::null_mut()
+        } else {
+            ffi::Py_NewRef(run)
+        });
+        ffi::Py_XDECREF(old);
+        0
+    }
+}
+
+unsafe fn set_parent(obj: *mut ffi::PyObject, parent: *mut ffi::PyObject) -> c_int {
+    // SAFETY: GIL held; `obj` is a greenlet.
+    unsafe {
+        let g = green(obj);
+        if parent.is_null() {
+            set_error(ffi::PyExc_AttributeError, msg::DELETE_ATTRIBUTE);
+            return -1;
+        }
+        if g.is_main {
+            set_error(ffi::PyExc_AttributeError, msg::MAIN_PARENT);
+            return -1;
+        }
+        if !is_greenlet(parent) {
+            not_a_greenlet(parent);
+            return -1;
+        }
+        let mut new_main: *mut ffi::PyObject = ptr::null_mut();
+        let mut p = parent;
+        while !p.is_null() {
+            if p == obj {
+                set_error(ffi::PyExc_ValueError, msg::CYCLIC_PARENT);
+                return -1;
+            }
+            let pg = green(p);
+            new_main = if pg.is_main { p } else { pg.main.get() };
+            p = pg.parent.get();
+        }
+        if new_main.is_null() {
+            set_error(ffi::PyExc_ValueError, msg::PARENT_COLLECTED);
+            return -1;
+        }
+        if g.life.get() != Life::Unstarted && g.main.get() != new_main {
+            set_error(ffi::PyExc_ValueError, msg::PARENT_OTHER_THREAD);
+            return -1;
+        }
+        let old = g.parent.replace(ffi::Py_NewRef(parent));
+        ffi::Py_XDECREF(old);
+        0
+    }
+}
+
+unsafe extern "C" fn get_run(obj: *mut ffi::PyObject, _: *mut c_void) -> *mut ffi::PyObject {
+    // SAFETY: getter called with the GIL on a greenlet.
+    unsafe {
+        let g = green(obj);
+        if g.is_main {
+            set_error(ffi::PyExc_AttributeError, msg::MAIN_RUN);
+            return NULL;
+        }
+        let run = g.run.get();
+        if g.life.get() != Life::Unstarted || run.is_null() {
+            set_error(ffi::PyExc_AttributeError, msg::RUN);
+            return NULL;
+        }
+        ffi::Py_NewRef(run)
+    }
+}
+
+unsafe extern "C" fn set_run_attr(
+    obj: *mut ffi::PyObject,
+    value: *mut ffi::PyObject,
+    _: *mut c_void,
+) -> c_int {
+    guard(-1, || {
+        // SAFETY: setter called with the GIL on a greenlet.
+        unsafe { set_run(obj, value) }
+    })
+}
+
+unsafe extern "C" fn get_parent(obj: *mut ffi::PyObject, _: *mut c_void) -> *mut ffi::PyObject {
+    // SAFETY: getter called with the GIL on a greenlet.
+    unsafe { new_ref_or_none(green(obj).parent.get()) }
+}
+
+unsafe extern "C" fn set_parent_attr(
+    obj: *mut ffi::PyObject,
+    value: *mut ffi::PyObject,
+    _: *mut c_void,
+) -> c_int {
+    guard(-1, || {
+        // SAFETY: setter called with the GIL on a greenlet.
+        unsafe { set_parent(obj, value) }
+    })
+}
+
+unsafe extern "C" fn get_dead(obj: *mut ffi::PyObject, _: *mut c_void) -> *mut ffi::PyObject {
+    // SAFETY: getter called with the GIL on a greenlet.
+    unsafe { ffi::PyBool_FromLong(green(obj).is_dead() as _) }
+}
+
+unsafe extern "C" fn nb_bool(obj: *mut ffi::PyObject) -> c_int {
+    // SAFETY: called with the GIL on a greenlet.
+    unsafe {
+        let g = green(obj);
+        (g.life.get() == Life::Active && !g.thread_exited()) as c_int
+    }
+}
+
+unsafe extern "C" fn get_frame(obj: *mut ffi::PyObject, _: *mut c_void) -> *mut ffi::PyObject {
+    // SAFETY: getter called with the GIL on a greenlet.
+    unsafe {
+        let g = green(obj);
+        if g.running.get() || g.life.get() != Life::Active {
+            return none();
+        }
+        new_ref_or_none(pystate::corolet_pystate_frame(g.state.as_ptr()))
+    }
+}
+
+unsafe extern "C" fn get_context(obj: *mut ffi::PyObject, _: *mut c_void) -> *mut ffi::PyObject {
+    // SAFETY: getter called with the GIL on a greenlet.
+    unsafe {
+        let g = green(obj);
+        if g.running.get() {
+            let ts = ThreadState::existing();
+            if ts.is_null() || (*ts).current() != obj {
+                set_error(ffi::PyExc_ValueError, msg::CONTEXT_OTHER_THREAD_GET);
+                return NULL;
+            }
+            return new_ref_or_none(pystate::corolet_tstate_context());
+        }
+        new_ref_or_none(pystate::corolet_pystate_context(g.state.as_ptr()))
+    }
+}
+
+unsafe extern "C" fn set_context(
+    obj: *mut ffi::PyObject,
+    value: *mut ffi::PyObject,
+    _: *mut c_void,
+) -> c_int {
+    // SAFETY: setter called with the GIL on a greenlet.
+    unsafe {
+        if value.is_null() {
+            set_error(ffi::PyExc_AttributeError, msg::CONTEXT_DELETE);
+            return -1;
+        }
+        let context = if value == ffi::Py_None() {
+            ptr::null_mut()
+        } else if ffi::PyContext_CheckExact(value) != 0 {
+            ffi::Py_NewRef(value)
+        } else {
+            set_error(ffi::PyExc_TypeError, msg::CONTEXT_TYPE);
+            return -1;
+        };
+        let g = green(obj);
+        if g.running.get() {
+            let ts = ThreadState::existing();
+            if ts.is_null() || (*ts).current() != obj {
+                ffi::Py_XDECREF(context);
+                set_error(ffi::PyExc_ValueError, msg::CONTEXT_OTHER_THREAD_SET);
+                return -1;
+            }
+            pystate::corolet_tstate_set_context(context);
+        } else {
+            pystate::corolet_pystate_set_context(g.state.as_ptr(), context);
+        }
+        0
+    }
+}
+
+unsafe extern "C" fn get_stack_saved(
+    obj: *mut ffi::PyObject,
+    _: *mut c_void,
+) -> *mut ffi::PyObject {
+    // SAFETY: getter called with the GIL on a greenlet.
+    unsafe {
+        let g = green(obj);
+        let bytes = if g.running.get() || g.life.get() != Life::Active || g.thread_exited() {
+            0
+        } else {
+            let top = if g.is_main {
+                g.thread.as_ref().map_or(0, |t| t.stack_top)
+            } else {
+                let f = g.fiber_ptr();
+                if f.is_null() {
+                    0
+                } else {
+                    (*f).stack_top()
+                }
+            };
+            top.saturating_sub(g.saved_sp.get())
+        };
+        ffi::PyLong_FromSize_t(bytes)
+    }
+}
+
+unsafe extern "C" fn get_dict(obj: *mut ffi::PyObject, _: *mut c_void) -> *mut ffi::PyObject {
+    // SAFETY: getter called with the GIL on a greenlet.
+    unsafe {
+        let this = obj as *mut PyGreenlet;
+        if (*this).dict.is_null() {
+            (*this).dict = ffi::PyDict_New();
+            if (*this).dict.is_null() {
+                return NULL;
+            }
+        }
+        ffi::Py_NewRef((*this).dict)
+    }
+}
+
+unsafe extern "C" fn set_dict(
+    obj: *mut ffi::PyObject,
+    value: *mut ffi::PyObject,
+    _: *mut c_void,
+) -> c_int {
+    // SAFETY: setter called with the GIL on a greenlet.
+    unsafe {
+        if value.is_null() {
+            set_error(ffi::PyExc_TypeError, msg::DICT_DELETE);
+            return -1;
+        }
+        if ffi::PyDict_Check(value) == 0 {
+            set_error(ffi::PyExc_TypeError, msg::DICT_TYPE);
+            return -1;
+        }
+        let this = obj as *mut PyGreenlet;
+        let old = std::mem::replace(&mut (*this).dict, ffi::Py_NewRef(value));
+        ffi::Py_XDECREF(old);
+        0
+    }
+}
+
+unsafe extern "C" fn tp_repr(obj: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    guard(NULL, || {
+        // SAFETY: called with the GIL on a greenlet.
+        unsafe {
+            let g = green(obj);
+            let name = CStr::from_ptr((*ffi::Py_TYPE(obj)).tp_name).to_string_lossy();
+            let main = if g.is_main { obj } else { g.main.get() };
+            let otid = if main.is_null() {
+                0
+            } else {
+                green(main).thread.as_ref().map_or(0, |t| Arc::as_ptr(t) as usize)
+            };
+            let exited = g.thread_exited();
+            let text = if !g.is_dead() {
+                let ts = ThreadState::existing();
+                let state = if exited {
+                    " (thread exited)"
+                } else if !ts.is_null() && (*ts).current() == obj {
+                    " current"
+                } else if g.life.get() != Life::Unstarted {
+                    " suspended"
+                } else {
+                    ""
+                };
+                format!(
+                    "<{name} object at {obj:p} (otid={otid:#x}){state}{}{}{}>",
+                    if g.life.get() == Life::Active { " active" } else { "" },
+                    if g.life.get() == Life::Unstarted { " pending" } else { " started" },
+                    if g.is_main { " main" } else { "" },
+                )
+            } else {
+                format!(
+                    "<{name} object at {obj:p} (otid={otid:#x}) {}dead>",
+                    if exited { "(thread exited) " } else { "" }
+                )
+            };
+            ffi::PyUnicode_FromStringAndSize(text.as_ptr() as *const _, text.len() as _)
+        }
+    })
+}
+
+unsafe extern "C" fn getstate(obj: *mut ffi::PyObject, _: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    // SAFETY: method called with the GIL.
+    unsafe {
+        let name = CStr::from_ptr((*ffi::Py_TYPE(obj)).tp_name).to_string_lossy();
+        set_error_str(ffi::PyExc_TypeError, &msg::cannot_serialize(&name));
+    }
+    NULL
+}
+
+// ---------------------------------------------------------------------------------------
+// The type object.
+
+fn leak<T>(v: Vec<T>) -> *mut T {
+    Box::leak(v.into_boxed_slice()).as_mut_ptr()
+}
+
+fn getset(
+    name: &'static CStr,
+    get: Option<ffi::getter>,
+    set: Option<ffi::setter>,
+) -> ffi::PyGetSetDef {
+    ffi::PyGetSetDef {
+        name: name.as_ptr(),
+        get,
+        set,
+        doc: ptr::null(),
+        closure: ptr::null_mut(),
+    }
+}
+
+/// Builds the `greenlet.greenlet` type and the module-wide objects. Called once, at import.
+///
+/// # Safety
+/// GIL held.
+pub unsafe fn init_type(
+    exit: *mut ffi::PyObject,
+    error: *mut ffi::PyObject,
+) -> Result<*mut ffi::PyTypeObject, ()> {
+    if let Some(g) = GLOBALS.get() {
+        return Ok(g.ty);
+    }
+    let methods = leak(vec![
+        ffi::PyMethodDef {
+            ml_name: c"switch".as_ptr(),
+            ml_meth: ffi::PyMethodDefPointer {
+                PyCFunctionFastWithKeywords: switch::py_switch,
+            },
+            ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+            ml_doc: c"switch(*args, **kwargs)\n\nSwitch execution to this greenlet.".as_ptr(),
+        },
+        ffi::PyMethodDef {
+            ml_name: c"throw".as_ptr(),
+            ml_meth: ffi::PyMethodDefPointer {
+                PyCFunction: switch::py_throw,
+            },
+            ml_flags: ffi::METH_VARARGS,
+            ml_doc: c"throw(typ=GreenletExit, val=None, tb=None)\n\nSwitch to this greenlet and raise the given exception in it.".as_ptr(),
+        },
+        ffi::PyMethodDef {
+            ml_name: c"__getstate__".as_ptr(),
+            ml_meth: ffi::PyMethodDefPointer { PyCFunction: getstate },
+            ml_flags: ffi::METH_NOARGS,
+            ml_doc: ptr::null(),
+        },
+        ffi::PyMethodDef::zeroed(),
+    ]);
+    let getsets = leak(vec![
+        getset(c"__dict__", Some(get_dict), Some(set_dict)),
+        getset(c"run", Some(get_run), Some(set_run_attr)),
+        getset(c"parent", Some(get_parent), Some(set_parent_attr)),
+        getset(c"gr_frame", Some(get_frame), None),
+        getset(c"gr_context", Some(get_context), Some(set_context)),
+        getset(c"dead", Some(get_dead), None),
+        getset(c"_stack_saved", Some(get_stack_saved), None),
+        ffi::PyGetSetDef {
+            name: ptr::null(),
+            get: None,
+            set: None,
+            doc: ptr::null(),
+            closure: ptr::null_mut(),
+        },
+    ]);
+    let members = leak(vec![
+        ffi::PyMemberDef {
+            name: c"__weaklistoffset__".as_ptr(),
+            type_code: ffi::Py_T_PYSSIZET,
+            offset: std::mem::offset_of!(PyGreenlet, weakreflist) as ffi::Py_ssize_t,
+            flags: ffi::Py_READONLY,
+            doc: ptr::null(),
+        },
+        ffi::PyMemberDef {
+            name: c"__dictoffset__".as_ptr(),
+            type_code: ffi::Py_T_PYSSIZET,
+            offset: std::mem::offset_of!(PyGreenlet, dict) as ffi::Py_ssize_t,
+            flags: ffi::Py_READONLY,
+            doc: ptr::null(),
+        },
+        ffi::PyMemberDef {
+            name: ptr::null(),
+            type_code: 0,
+            offset: 0,
+            flags: 0,
+            doc: ptr::null(),
+        },
+    ]);
+    let slot = |slot: c_int, pfunc: *mut c_void| ffi::PyType_Slot { slot, pfunc };
+    let slots = leak(vec![
+        slot(ffi::Py_tp_new, tp_new as *mut c_void),
+        slot(ffi::Py_tp_init, tp_init as *mut c_void),
+        slot(ffi::Py_tp_dealloc, tp_dealloc as *mut c_void),
+        slot(ffi::Py_tp_traverse, tp_traverse as *mut c_void),
+        slot(ffi::Py_tp_clear, tp_clear as *mut c_void),
+        slot(ffi::Py_tp_is_gc, tp_is_gc as *mut c_void),
+        slot(ffi::Py_tp_repr, tp_repr as *mut c_void),
+        slot(ffi::Py_nb_bool, nb_bool as *mut c_void),
+        slot(ffi::Py_tp_methods, methods as *mut c_void),
+        slot(ffi::Py_tp_getset, getsets as *mut c_void),
+        slot(ffi::Py_tp_members, members as *mut c_void),
+        slot(
+            ffi::Py_tp_doc,
+            c"greenlet(run=None, parent=None) -> greenlet\n\nCreates a new greenlet object (without running it).\n\n - *run* -- The callable to invoke.\n - *parent* -- The parent greenlet. The default is the current greenlet."
+                .as_ptr() as *mut c_void,
+        ),
+        slot(0, ptr::null_mut()),
+    ]);
+    let spec = Box::leak(Box::new(ffi::PyType_Spec {
+        name: c"greenlet.greenlet".as_ptr(),
+        basicsize: std::mem::size_of::<PyGreenlet>() as c_int,
+        itemsize: 0,
+        flags: (ffi::Py_TPFLAGS_DEFAULT | ffi::Py_TPFLAGS_BASETYPE | ffi::Py_TPFLAGS_HAVE_GC)
+            as _,
+        slots,
+    }));
+    // SAFETY: GIL held; the spec and everything it points to are leaked ('static).
+    unsafe {
+        let ty = ffi::PyType_FromSpec(spec);
+        if ty.is_null() {
+            return Err(());
+        }
+        let intern = |s: &CStr| ffi::PyUnicode_InternFromString(s.as_ptr());
+        let globals = Globals {
+            ty: ty as *mut ffi::PyTypeObject,
+            exit,
+            error,
+            str_run: intern(c"run"),
+            str_switch: intern(c"switch"),
+            str_throw: intern(c"throw"),
+        };
+        let _ = GLOBALS.set(globals);
+        Ok(ty as *mut ffi::PyTypeObject)
+    }
+}

@@ -1,0 +1,27 @@
+//! corolet: greenlet for CPython, rebuilt on native stacks owned by corosensei.
+//!
+//! Layers, bottom to top; each uses only those above it in this list:
+//!
+//! - [`stack`]: pooled native stacks carved from large slabs, with guard pages (no Python).
+//! - [`fiber`]: symmetric switching between a thread's main context and its fibers, on top
+//!   of corosensei's asymmetric coroutines (no Python).
+//! - [`pystate`]: the per-greenlet part of CPython's thread state, saved and restored by a
+//!   C file compiled against the interpreter's own headers (`pystate.c`).
+//! - [`pyerr`]: the error indicator as a value, panic guards, reference helpers.
+//! - [`messages`]: every error text, greenlet's word for word.
+//! - [`thread`]: per-thread state: main greenlet, current greenlet, trace function.
+//! - [`greenlet`]: the `greenlet.greenlet` type with greenlet 3.x's object layout.
+//! - [`switch`]: `switch()`, `throw()`, starting, finishing and killing greenlets.
+//! - [`module`]: the `corolet._corolet` Python module.
+
+pub mod fiber;
+pub mod stack;
+
+pub mod pyerr;
+pub mod pystate;
+
+pub mod greenlet;
+pub mod messages;
+pub mod module;
+pub mod switch;
+pub mod thread;

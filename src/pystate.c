@@ -1,0 +1,370 @@
+/*
+ * The per-greenlet part of CPython's thread state, saved and restored around a switch.
+ *
+ * CPython keeps per thread what a greenlet must own: the current frame, recursion depths,
+ * the handled-exception stack, the context, the frame data stack (3.11+), trashcan state and
+ * the C-frame record (3.10-3.12). This file is compiled against the headers of the very
+ * interpreter being built for, so the field layout can never drift from the real one; Rust
+ * sees only an opaque, fixed-size blob and the functions below.
+ *
+ * Protocol, for every logical switch from greenlet A to greenlet B of one thread:
+ *   A calls corolet_pystate_save(&A->state) before it leaves its stack;
+ *   B calls corolet_pystate_restore(&B->state) right after it is back on its stack, or,
+ *   on its first run, corolet_pystate_run_fresh() starts it with a fresh state.
+ * No Python code may run between the save and the restore: the thread state then describes
+ * nobody. The error indicator is deliberately not switched: an exception crosses a switch
+ * as the pending error.
+ *
+ * Versions: 3.10, 3.11, 3.12, 3.13 (GIL builds). 3.14 moved C recursion checks to stack
+ * addresses; its per-greenlet stack limits are not written yet, so building for it stops.
+ */
+#include <Python.h>
+#include <frameobject.h>
+#include <stddef.h>
+#include <string.h>
+
+#if PY_VERSION_HEX < 0x030A0000 || PY_VERSION_HEX >= 0x030E0000
+#error "corolet supports CPython 3.10 to 3.13; 3.14 needs per-greenlet C-stack limits (see README)"
+#endif
+#ifdef Py_GIL_DISABLED
+#error "corolet does not support free-threaded builds yet"
+#endif
+
+#define PY311 (PY_VERSION_HEX >= 0x030B0000)
+#define PY312 (PY_VERSION_HEX >= 0x030C0000)
+#define PY313 (PY_VERSION_HEX >= 0x030D0000)
+
+typedef struct {
+#if PY313
+    struct _PyInterpreterFrame *current_frame;
+#elif PY311
+    _PyCFrame *cframe;
+#else
+    CFrame *cframe;
+    PyFrameObject *frame; /* borrowed, as in the thread state */
+#endif
+    int py_depth;
+#if PY312
+    int c_depth;
+#endif
+#if PY313
+    PyObject *delete_later;
+#else
+    int trash_delete_nesting;
+#endif
+#if PY311
+    _PyStackChunk *datastack_chunk;
+    PyObject **datastack_top;
+    PyObject **datastack_limit;
+#endif
+    _PyErr_StackItem *exc_info;
+    _PyErr_StackItem exc_state; /* by value: owns its exception references */
+    PyObject *context;          /* owned */
+    PyObject *top_frame;        /* owned while suspended: the frame gr_frame reports */
+} corolet_pystate;
+
+/* The Rust side reserves this many bytes for the blob (see pystate.rs). */
+#define COROLET_PYSTATE_CAPACITY 160
+_Static_assert(sizeof(corolet_pystate) <= COROLET_PYSTATE_CAPACITY, "grow the Rust blob");
+
+size_t corolet_pystate_size(void) { return sizeof(corolet_pystate); }
+
+#if PY313
+#define C_LIMIT Py_C_RECURSION_LIMIT
+#elif PY312
+#define C_LIMIT C_RECURSION_LIMIT
+#endif
+
+/* The frame of the innermost Python code running now, created if needed, as a new
+ * reference (NULL if there is none). Creating a frame object allocates, and an allocation
+ * can run the garbage collector, whose finalizers could switch greenlets in the middle of
+ * this one: keep the collector off meanwhile. */
+static PyObject *current_frame_object(PyThreadState *ts)
+{
+    int was_enabled = PyGC_Disable();
+    PyFrameObject *frame = PyThreadState_GetFrame(ts);
+    if (was_enabled) {
+        PyGC_Enable();
+    }
+    return (PyObject *)frame;
+}
+
+void corolet_pystate_save(corolet_pystate *s)
+{
+    PyThreadState *ts = PyThreadState_GET();
+    s->top_frame = current_frame_object(ts);
+#if PY313
+    s->current_frame = ts->current_frame;
+    s->py_depth = ts->py_recursion_limit - ts->py_recursion_remaining;
+    s->c_depth = C_LIMIT - ts->c_recursion_remaining;
+    s->delete_later = ts->delete_later;
+#elif PY312
+    s->cframe = ts->cframe;
+    s->py_depth = ts->py_recursion_limit - ts->py_recursion_remaining;
+    s->c_depth = C_LIMIT - ts->c_recursion_remaining;
+    s->trash_delete_nesting = ts->trash.delete_nesting;
+#elif PY311
+    s->cframe = ts->cframe;
+    s->py_depth = ts->recursion_limit - ts->recursion_remaining;
+    s->trash_delete_nesting = ts->trash_delete_nesting;
+#else
+    s->cframe = ts->cframe;
+    s->frame = ts->frame;
+    s->py_depth = ts->recursion_depth;
+    s->trash_delete_nesting = ts->trash_delete_nesting;
+#endif
+#if PY311
+    s->datastack_chunk = ts->datastack_chunk;
+    s->datastack_top = ts->datastack_top;
+    s->datastack_limit = ts->datastack_limit;
+#endif
+    s->exc_info = ts->exc_info;
+    s->exc_state = ts->exc_state;
+    s->context = ts->context; /* the reference moves into the blob */
+}
+
+/* Tracing turned on in one greenlet goes on in the next (3.10/3.11 keep the flag in the
+ * C-frame record, which is per stack). */
+#if !PY312
+#define CARRY_USE_TRACING(ts, target_cframe)                    \
+    do {                                                        \
+        (target_cframe)->use_tracing = (ts)->cframe->use_tracing; \
+    } while (0)
+#endif
+
+void corolet_pystate_restore(corolet_pystate *s)
+{
+    PyThreadState *ts = PyThreadState_GET();
+#if PY313
+    ts->current_frame = s->current_frame;
+    ts->py_recursion_remaining = ts->py_recursion_limit - s->py_depth;
+    ts->c_recursion_remaining = C_LIMIT - s->c_depth;
+    ts->delete_later = s->delete_later;
+    s->delete_later = NULL;
+#elif PY312
+    ts->cframe = s->cframe;
+    ts->py_recursion_remaining = ts->py_recursion_limit - s->py_depth;
+    ts->c_recursion_remaining = C_LIMIT - s->c_depth;
+    ts->trash.delete_nesting = s->trash_delete_nesting;
+#elif PY311
+    CARRY_USE_TRACING(ts, s->cframe);
+    ts->cframe = s->cframe;
+    ts->recursion_remaining = ts->recursion_limit - s->py_depth;
+    ts->trash_delete_nesting = s->trash_delete_nesting;
+#else
+    CARRY_USE_TRACING(ts, s->cframe);
+    ts->cframe = s->cframe;
+    ts->frame = s->frame;
+    ts->recursion_depth = s->py_depth;
+    ts->trash_delete_nesting = s->trash_delete_nesting;
+#endif
+#if PY311
+    ts->datastack_chunk = s->datastack_chunk;
+    ts->datastack_top = s->datastack_top;
+    ts->datastack_limit = s->datastack_limit;
+#endif
+    ts->exc_state = s->exc_state;
+    ts->exc_info = s->exc_info ? s->exc_info : &ts->exc_state;
+    memset(&s->exc_state, 0, sizeof(s->exc_state));
+    s->exc_info = NULL;
+    ts->context = s->context;
+    ts->context_ver++;
+    s->context = NULL;
+    /* Still owned by its running interpreter frame, so this never frees it. */
+    Py_CLEAR(s->top_frame);
+}
+
+/* Frees the frame data-stack chunks of a greenlet that has finished. CPython never pops a
+ * root chunk itself; they come from the object arena allocator. */
+#if PY311
+static void free_datastack(_PyStackChunk *chunk)
+{
+    PyObjectArenaAllocator alloc;
+    PyObject_GetArenaAllocator(&alloc);
+    while (chunk != NULL) {
+        _PyStackChunk *previous = chunk->previous;
+        if (alloc.free != NULL) {
+            alloc.free(alloc.ctx, chunk, chunk->size);
+        }
+        chunk = previous;
+    }
+}
+#endif
+
+/*
+ * Runs body(arg) as the first code of a new greenlet, on its own stack: with no frame below
+ * it, an empty exception stack, no context, its own data stack, the recursion depth of the
+ * greenlet that started it, and the context *s holds (if one was given before the start).
+ * When body returns, the greenlet's data stack is freed, what it still owns (its context) is
+ * moved into *s, and the thread state points at nothing of this stack any more. The caller switches away right after, restoring another greenlet.
+ */
+void corolet_pystate_run_fresh(void (*body)(void *), void *arg, corolet_pystate *s)
+{
+    PyThreadState *ts = PyThreadState_GET();
+#if PY313
+    ts->current_frame = NULL;
+    ts->delete_later = NULL;
+#else
+#if PY311
+    _PyCFrame cframe;
+    cframe.current_frame = NULL;
+#else
+    CFrame cframe;
+    ts->frame = NULL;
+#endif
+    cframe.previous = &ts->root_cframe;
+#if !PY312
+    cframe.use_tracing = ts->cframe->use_tracing;
+#endif
+    ts->cframe = &cframe;
+#if PY312
+    ts->trash.delete_nesting = 0;
+#else
+    ts->trash_delete_nesting = 0;
+#endif
+#endif
+#if PY311
+    ts->datastack_chunk = NULL;
+    ts->datastack_top = NULL;
+    ts->datastack_limit = NULL;
+#endif
+    ts->exc_state.exc_value = NULL;
+#if !PY311
+    ts->exc_state.exc_type = NULL;
+    ts->exc_state.exc_traceback = NULL;
+#endif
+    ts->exc_state.previous_item = NULL;
+    ts->exc_info = &ts->exc_state;
+    ts->context = s->context; /* a context given to gr_context before the start, or NULL */
+    s->context = NULL;
+    ts->context_ver++;
+
+    body(arg);
+
+#if PY311
+    free_datastack(ts->datastack_chunk);
+    ts->datastack_chunk = NULL;
+    ts->datastack_top = NULL;
+    ts->datastack_limit = NULL;
+#endif
+#if !PY313
+    /* The local C-frame record is about to go away with this stack frame. */
+#if !PY312
+    ts->root_cframe.use_tracing = cframe.use_tracing;
+#endif
+    ts->cframe = &ts->root_cframe;
+#endif
+    /* Everything *s held moved into the thread state at the start. */
+    memset(s, 0, sizeof(*s));
+    s->context = ts->context;
+    ts->context = NULL;
+    s->exc_state = ts->exc_state;
+    memset(&ts->exc_state, 0, sizeof(ts->exc_state));
+    ts->exc_info = &ts->exc_state;
+}
+
+/* Drops the references a saved state holds (a greenlet that will never run again). */
+void corolet_pystate_clear(corolet_pystate *s)
+{
+    Py_CLEAR(s->context);
+    Py_CLEAR(s->top_frame);
+    Py_CLEAR(s->exc_state.exc_value);
+#if !PY311
+    Py_CLEAR(s->exc_state.exc_type);
+    Py_CLEAR(s->exc_state.exc_traceback);
+#endif
+}
+
+int corolet_pystate_traverse(corolet_pystate *s, visitproc visit, void *arg)
+{
+    Py_VISIT(s->context);
+    Py_VISIT(s->exc_state.exc_value);
+#if !PY311
+    Py_VISIT(s->exc_state.exc_type);
+    Py_VISIT(s->exc_state.exc_traceback);
+#endif
+    return 0;
+}
+
+/* Borrowed: the saved context, or NULL. */
+PyObject *corolet_pystate_context(const corolet_pystate *s) { return s->context; }
+
+/* Replaces the saved context, stealing a reference to `context` (may be NULL). */
+void corolet_pystate_set_context(corolet_pystate *s, PyObject *context)
+{
+    PyObject *old = s->context;
+    s->context = context;
+    Py_XDECREF(old);
+}
+
+/* Borrowed: the frame a suspended greenlet will resume in, or NULL. */
+PyObject *corolet_pystate_frame(const corolet_pystate *s) { return s->top_frame; }
+
+/* Borrowed: the running greenlet's context, or NULL. */
+PyObject *corolet_tstate_context(void) { return PyThreadState_GET()->context; }
+
+/* Replaces the running greenlet's context, stealing a reference (may be NULL). */
+void corolet_tstate_set_context(PyObject *context)
+{
+    PyThreadState *ts = PyThreadState_GET();
+    PyObject *old = ts->context;
+    ts->context = context;
+    ts->context_ver++;
+    Py_XDECREF(old);
+}
+
+/* The trashcan nesting of this thread, for the upstream test helper (< 3.13 only). */
+int corolet_trash_delete_nesting(void)
+{
+#if PY313
+    return 0;
+#elif PY312
+    return PyThreadState_GET()->trash.delete_nesting;
+#else
+    return PyThreadState_GET()->trash_delete_nesting;
+#endif
+}
+
+/* PY_VERSION_HEX of the headers this file was compiled against. */
+unsigned long corolet_compiled_version(void) { return PY_VERSION_HEX; }
+
+/* Trace calls into the greenlet trace function run with CPython's own tracing and profiling
+ * paused, as for any tracing hook. */
+void corolet_enter_tracing(void)
+{
+#if PY311
+    PyThreadState_EnterTracing(PyThreadState_GET());
+#else
+    PyThreadState *ts = PyThreadState_GET();
+    ts->tracing++;
+    ts->cframe->use_tracing = 0;
+#endif
+}
+
+void corolet_leave_tracing(void)
+{
+#if PY311
+    PyThreadState_LeaveTracing(PyThreadState_GET());
+#else
+    PyThreadState *ts = PyThreadState_GET();
+    ts->tracing--;
+    ts->cframe->use_tracing = (ts->tracing <= 0 && (ts->c_tracefunc != NULL || ts->c_profilefunc != NULL));
+#endif
+}
+
+/* Whether the interpreter is shutting down (greenlets must not be switched into then). */
+int corolet_is_finalizing(void)
+{
+#if PY313
+    return Py_IsFinalizing();
+#else
+    return _Py_IsFinalizing();
+#endif
+}
+
+/* Py_SET_REFCNT for the resurrection dance in tp_dealloc (a macro, not exported). */
+void corolet_set_refcnt(PyObject *obj, Py_ssize_t refcnt) { Py_SET_REFCNT(obj, refcnt); }
+
+#include <time.h>
+/* The C library's CLOCKS_PER_SEC, for greenlet's provisional clean-up API. */
+long corolet_clocks_per_sec(void) { return (long)CLOCKS_PER_SEC; }

@@ -1,0 +1,352 @@
+//! Native stacks for greenlets, handed out by a process-wide pool.
+//!
+//! Model: stacks are carved out of large *slabs*, each one anonymous mapping reserved with
+//! `MAP_NORESERVE`, so address space is reserved but a page costs memory only once it is
+//! touched. A slab holds `SLOTS_PER_SLAB` slots; a slot is one guard page followed by the
+//! usable stack (stacks grow down, so the guard sits below each stack).
+//!
+//! Guards: `madvise(MADV_GUARD_INSTALL)` (Linux 6.13+) makes the page fault on access without
+//! splitting the mapping, so a slab of any number of stacks stays *one* entry against
+//! `vm.max_map_count`. Where the kernel lacks it (`EINVAL`), `mprotect(PROT_NONE)` is the
+//! fallback, which costs one extra mapping per stack.
+//!
+//! Reuse: a returned stack goes on its size class's free list. The first `WARM_STACKS` free
+//! stacks keep their pages (re-faulting a page costs more than creating a greenlet); beyond
+//! those, the touched pages are handed back to the OS with `MADV_DONTNEED` before the stack is
+//! listed. Slabs are never unmapped: their address space is reused.
+//!
+//! Invariants: a `PooledStack` is owned by exactly one coroutine (or by the free list); its
+//! `base()` is the high end of the usable range and `limit()` the low end of its guard page,
+//! both page aligned. This module knows nothing of Python.
+
+use std::io;
+use std::sync::Mutex;
+
+use corosensei::stack::{Stack, StackPointer};
+
+/// Stacks per slab: a slab of 1 MiB stacks reserves 64 MiB of address space.
+const SLOTS_PER_SLAB: usize = 64;
+/// Free stacks per size class that keep their pages resident.
+const WARM_STACKS: usize = 32;
+/// `MADV_GUARD_INSTALL` (Linux 6.13+); not yet in every libc crate release.
+const MADV_GUARD_INSTALL: libc::c_int = 102;
+
+/// The smallest usable stack size accepted by `set_stack_size`.
+pub const MIN_STACK_SIZE: usize = 64 * 1024;
+
+/// The system page size.
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 {
+        size as usize
+    } else {
+        4096
+    }
+}
+
+/// One native stack from the pool. Returned to the pool on drop.
+#[derive(Debug)]
+pub struct PooledStack {
+    /// Lowest address of the slot: the guard page.
+    guard: usize,
+    /// Usable bytes above the guard.
+    size: usize,
+    // Tells valgrind that this range is a stack while the handle exists.
+    _valgrind: corosensei::stack::valgrind::ValgrindStackRegistration,
+}
+
+impl PooledStack {
+    /// Usable bytes of this stack.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Highest address of the stack (exclusive): where it starts growing down from.
+    pub fn top(&self) -> usize {
+        self.guard + page_size() + self.size
+    }
+}
+
+// SAFETY: the slot is a valid mapping of `guard page + size` bytes that stays mapped for the
+// life of the process; the guard page faults on access; `size >= MIN_STACK_SIZE > 4096`; both
+// addresses are page aligned, hence 16-byte aligned.
+unsafe impl Stack for PooledStack {
+    fn base(&self) -> StackPointer {
+        StackPointer::new(self.top()).expect("stack top is never 0")
+    }
+
+    fn limit(&self) -> StackPointer {
+        StackPointer::new(self.guard).expect("stack guard is never 0")
+    }
+}
+
+impl Drop for PooledStack {
+    fn drop(&mut self) {
+        POOL.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .give_back(self.guard, self.size);
+    }
+}
+
+/// How guard pages are installed on this kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuardKind {
+    /// `MADV_GUARD_INSTALL`: no extra mapping per stack.
+    Madvise,
+    /// `mprotect(PROT_NONE)`: one extra mapping per stack.
+    Mprotect,
+}
+
+struct SizeClass {
+    size: usize,
+    free: Vec<usize>,
+    /// How many stacks on `free` still hold their pages.
+    warm: usize,
+}
+
+struct Pool {
+    stack_size: usize,
+    classes: Vec<SizeClass>,
+    guard_kind: Option<GuardKind>,
+    slabs: usize,
+    live: usize,
+}
+
+static POOL: Mutex<Pool> = Mutex::new(Pool {
+    stack_size: 0,
+    classes: Vec::new(),
+    guard_kind: None,
+    slabs: 0,
+    live: 0,
+});
+
+impl Pool {
+    fn class(&mut self, size: usize) -> &mut SizeClass {
+        let idx = match self.classes.iter().position(|c| c.size == size) {
+            Some(idx) => idx,
+            None => {
+                self.classes.push(SizeClass {
+                    size,
+                    free: Vec::new(),
+                    warm: 0,
+                });
+                self.classes.len() - 1
+            }
+        };
+        &mut self.classes[idx]
+    }
+
+    fn take(&mut self, size: usize) -> io::Result<usize> {
+        let class = self.class(size);
+        if let Some(guard) = class.free.pop() {
+            class.warm = class.warm.min(class.free.len());
+            self.live += 1;
+            return Ok(guard);
+        }
+        self.new_slab(size)?;
+        self.take(size)
+    }
+
+    fn give_back(&mut self, guard: usize, size: usize) {
+        self.live -= 1;
+        let page = page_size();
+        let class = self.class(size);
+        if class.warm < WARM_STACKS {
+            class.warm += 1;
+            // Warm stacks sit at the end of the list, where `take` pops first.
+            class.free.push(guard);
+        } else {
+            // SAFETY: the usable range of this slot is our own mapping and nothing lives on
+            // it any more (its coroutine has finished or was reset).
+            unsafe {
+                libc::madvise((guard + page) as *mut libc::c_void, size, libc::MADV_DONTNEED);
+            }
+            let warm = class.warm;
+            let at = class.free.len() - warm;
+            class.free.insert(at, guard);
+        }
+    }
+
+    fn new_slab(&mut self, size: usize) -> io::Result<()> {
+        let page = page_size();
+        let slot = size + page;
+        let len = slot * SLOTS_PER_SLAB;
+        // SAFETY: an anonymous private mapping at an address of the kernel's choosing.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base = base as usize;
+        // SAFETY: advice on our own fresh mapping; failure only loses the hint.
+        unsafe {
+            libc::madvise(base as *mut libc::c_void, len, libc::MADV_NOHUGEPAGE);
+        }
+        for i in 0..SLOTS_PER_SLAB {
+            let guard = base + i * slot;
+            if let Err(e) = self.install_guard(guard, page) {
+                // SAFETY: unmapping the slab we just mapped; no stack was handed out from it.
+                unsafe { libc::munmap(base as *mut libc::c_void, len) };
+                return Err(e);
+            }
+        }
+        self.slabs += 1;
+        let class = self.class(size);
+        // Fresh stacks go below the warm ones: they hold no pages yet.
+        let warm = class.warm;
+        let at = class.free.len() - warm;
+        class
+            .free
+            .splice(at..at, (0..SLOTS_PER_SLAB).rev().map(|i| base + i * slot));
+        Ok(())
+    }
+
+    fn install_guard(&mut self, addr: usize, page: usize) -> io::Result<()> {
+        if self.guard_kind != Some(GuardKind::Mprotect) {
+            // SAFETY: advice on one page of our own mapping.
+            let rc = unsafe { libc::madvise(addr as *mut libc::c_void, page, MADV_GUARD_INSTALL) };
+            if rc == 0 {
+                self.guard_kind = Some(GuardKind::Madvise);
+                return Ok(());
+            }
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EINVAL) || self.guard_kind.is_some() {
+                return Err(err);
+            }
+            self.guard_kind = Some(GuardKind::Mprotect);
+        }
+        // SAFETY: changing the protection of one page of our own mapping.
+        let rc = unsafe { libc::mprotect(addr as *mut libc::c_void, page, libc::PROT_NONE) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
+
+/// Default usable stack size for new greenlets.
+pub const DEFAULT_STACK_SIZE: usize = 2 * 1024 * 1024;
+
+fn current_size(pool: &Pool) -> usize {
+    if pool.stack_size == 0 {
+        DEFAULT_STACK_SIZE
+    } else {
+        pool.stack_size
+    }
+}
+
+/// The usable size new stacks get.
+pub fn stack_size() -> usize {
+    current_size(&POOL.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// Sets the usable size of stacks handed out from now on (rounded up to whole pages).
+/// Returns the previous size. Stacks already handed out keep their size.
+pub fn set_stack_size(size: usize) -> Result<usize, String> {
+    if size < MIN_STACK_SIZE {
+        return Err(format!(
+            "size not valid: {size} bytes; a greenlet stack needs at least {MIN_STACK_SIZE} bytes"
+        ));
+    }
+    let page = page_size();
+    let rounded = size
+        .checked_add(page - 1)
+        .ok_or_else(|| format!("size not valid: {size} bytes"))?
+        / page
+        * page;
+    let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    let old = current_size(&pool);
+    pool.stack_size = rounded;
+    Ok(old)
+}
+
+/// Takes a stack of the current size from the pool, mapping a new slab if needed.
+pub fn take_stack() -> io::Result<PooledStack> {
+    let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    let size = current_size(&pool);
+    let guard = pool.take(size)?;
+    drop(pool);
+    let page = page_size();
+    Ok(PooledStack {
+        guard,
+        size,
+        _valgrind: corosensei::stack::valgrind::ValgrindStackRegistration::new(
+            (guard + page) as *mut u8,
+            size,
+        ),
+    })
+}
+
+/// Figures about the pool, for tests and benchmarks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Stacks handed out and not yet returned.
+    pub live: usize,
+    /// Slabs mapped so far.
+    pub slabs: usize,
+    /// How guards are installed (None until the first slab).
+    pub guard_kind: Option<GuardKind>,
+}
+
+/// Current pool figures.
+pub fn pool_stats() -> PoolStats {
+    let pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    PoolStats {
+        live: pool.live,
+        slabs: pool.slabs,
+        guard_kind: pool.guard_kind,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stacks_are_distinct_aligned_and_writable() {
+        let a = take_stack().unwrap();
+        let b = take_stack().unwrap();
+        assert_ne!(a.guard, b.guard);
+        assert_eq!(a.base().get() % 16, 0);
+        assert_eq!(a.limit().get() % page_size(), 0);
+        assert_eq!(a.base().get() - a.limit().get(), a.size() + page_size());
+        // The top page of the usable range is writable.
+        let top = (a.top() - 8) as *mut u64;
+        // SAFETY: inside the usable range of a stack we own.
+        unsafe {
+            top.write_volatile(42);
+            assert_eq!(top.read_volatile(), 42);
+        }
+    }
+
+    #[test]
+    fn returned_stacks_are_reused() {
+        let a = take_stack().unwrap();
+        let guard = a.guard;
+        drop(a);
+        let b = take_stack().unwrap();
+        assert_eq!(b.guard, guard, "the warm stack just returned is handed out first");
+    }
+
+    #[test]
+    fn too_small_stack_size_is_refused() {
+        assert!(set_stack_size(1024).is_err());
+    }
+
+    #[test]
+    fn guard_page_is_installed() {
+        let _a = take_stack().unwrap();
+        assert!(pool_stats().guard_kind.is_some());
+        assert!(pool_stats().slabs >= 1);
+    }
+}

@@ -1,0 +1,234 @@
+//! Per-thread greenlet state: the thread's main greenlet, the greenlet running now, the trace
+//! function, and the greenlets other threads dropped that must be killed here.
+//!
+//! Model: the state is created lazily, the first time a thread uses greenlets, and lives as
+//! long as the thread. What other threads may look at (whether the thread is alive, its queue
+//! of greenlets to kill) sits in a shared, reference-counted [`ThreadShared`]; main greenlets
+//! keep it, so a greenlet can tell that its thread has exited. A thread-local guard marks the
+//! thread dead when it exits; it touches no Python object (the interpreter may be gone by
+//! then).
+//!
+//! All fields are touched only with the GIL held: `Cell`s suffice.
+
+use std::cell::Cell;
+use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use pyo3::ffi;
+
+/// A greenlet pointer that may sit in another thread's queue.
+pub struct SendPtr(pub *mut ffi::PyObject);
+// SAFETY: the pointer is only dereferenced with the GIL held, by the owning thread.
+unsafe impl Send for SendPtr {}
+
+/// What other threads may know about a thread.
+pub struct ThreadShared {
+    alive: AtomicBool,
+    /// Greenlets of this thread whose last reference went away in another thread.
+    deleteme: Mutex<Vec<SendPtr>>,
+    has_deleteme: AtomicBool,
+    /// High end of the thread's own stack (for `_stack_saved` of its main greenlet).
+    pub stack_top: usize,
+}
+
+impl ThreadShared {
+    /// Whether the thread is still running.
+    pub fn alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    /// Queues a greenlet (a reference is handed over) to be dropped by this thread.
+    pub fn queue_for_deletion(&self, g: *mut ffi::PyObject) {
+        self.deleteme
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(SendPtr(g));
+        self.has_deleteme.store(true, Ordering::Release);
+    }
+}
+
+/// The greenlet state of the current thread.
+pub struct ThreadState {
+    /// The main greenlet (strong).
+    pub main: *mut ffi::PyObject,
+    current: Cell<*mut ffi::PyObject>,
+    trace: Cell<*mut ffi::PyObject>,
+    pub shared: Arc<ThreadShared>,
+}
+
+/// Live main greenlets (for `get_total_main_greenlets`).
+pub static MAIN_GREENLETS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static STATE: Cell<*const ThreadState> = const { Cell::new(ptr::null()) };
+    static EXIT: ExitGuard = const { ExitGuard(Cell::new(None)) };
+}
+
+struct ExitGuard(Cell<Option<Arc<ThreadShared>>>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.take() {
+            shared.alive.store(false, Ordering::Release);
+        }
+    }
+}
+
+fn thread_stack_top() -> usize {
+    // SAFETY: querying our own thread's attributes into a zeroed, then destroyed, attr.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
+            return 0;
+        }
+        let mut addr: *mut libc::c_void = ptr::null_mut();
+        let mut size: libc::size_t = 0;
+        let rc = libc::pthread_attr_getstack(&attr, &mut addr, &mut size);
+        libc::pthread_attr_destroy(&mut attr);
+        if rc != 0 {
+            return 0;
+        }
+        addr as usize + size
+    }
+}
+
+impl ThreadState {
+    /// This thread's state, created on first use (with its main greenlet). Null with a
+    /// Python error set if the main greenlet cannot be created.
+    ///
+    /// # Safety
+    /// GIL held.
+    #[inline]
+    pub unsafe fn get() -> *const ThreadState {
+        let state = STATE.with(|s| s.get());
+        if !state.is_null() {
+            return state;
+        }
+        // SAFETY: GIL held by contract.
+        unsafe { Self::create() }
+    }
+
+    /// This thread's state if it exists already.
+    pub fn existing() -> *const ThreadState {
+        STATE.try_with(|s| s.get()).unwrap_or(ptr::null())
+    }
+
+    #[cold]
+    unsafe fn create() -> *const ThreadState {
+        let shared = Arc::new(ThreadShared {
+            alive: AtomicBool::new(true),
+            deleteme: Mutex::new(Vec::new()),
+            has_deleteme: AtomicBool::new(false),
+            stack_top: thread_stack_top(),
+        });
+        // SAFETY: GIL held by contract.
+        let main = unsafe { crate::greenlet::new_main(shared.clone()) };
+        if main.is_null() {
+            return ptr::null();
+        }
+        MAIN_GREENLETS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: `main` is a live greenlet and we hold a reference for `current` too.
+        unsafe { ffi::Py_INCREF(main) };
+        let state = Box::into_raw(Box::new(ThreadState {
+            main,
+            current: Cell::new(main),
+            trace: Cell::new(ptr::null_mut()),
+            shared: shared.clone(),
+        }));
+        // The state and the references it holds are kept for the life of the thread.
+        let _ = EXIT.try_with(|g| g.0.set(Some(shared)));
+        STATE.with(|s| s.set(state));
+        // SAFETY: marking the main greenlet as running on this thread.
+        unsafe { crate::greenlet::green(main).running.set(true) };
+        state
+    }
+
+    /// The greenlet running now (borrowed).
+    #[inline]
+    pub fn current(&self) -> *mut ffi::PyObject {
+        self.current.get()
+    }
+
+    /// Makes `g` the running greenlet.
+    ///
+    /// # Safety
+    /// GIL held; `g` is a live greenlet of this thread whose interpreter state has just been
+    /// restored. Dropping the previous reference may run arbitrary code.
+    #[inline]
+    pub unsafe fn set_current(&self, g: *mut ffi::PyObject) {
+        let old = self.current.replace(g);
+        // SAFETY: both are live greenlets; GIL held.
+        unsafe {
+            ffi::Py_INCREF(g);
+            crate::greenlet::green(old).running.set(false);
+            crate::greenlet::green(g).running.set(true);
+            ffi::Py_DECREF(old);
+        }
+    }
+
+    /// The greenlet trace function (borrowed, may be null).
+    pub fn trace(&self) -> *mut ffi::PyObject {
+        self.trace.get()
+    }
+
+    /// Replaces the trace function (`func` null or a new reference); returns the old one
+    /// (owned, may be null).
+    pub fn replace_trace(&self, func: *mut ffi::PyObject) -> *mut ffi::PyObject {
+        self.trace.replace(func)
+    }
+
+    /// Drops the greenlets other threads queued for deletion here. Their last reference
+    /// goes away in this, their own, thread, which kills them properly.
+    ///
+    /// # Safety
+    /// GIL held.
+    #[inline]
+    pub unsafe fn drain_deleteme(&self) {
+        if self.shared.has_deleteme.load(Ordering::Acquire) {
+            // SAFETY: GIL held by contract.
+            unsafe { self.drain_deleteme_slow() }
+        }
+    }
+
+    #[cold]
+    unsafe fn drain_deleteme_slow(&self) {
+        let queued = std::mem::take(
+            &mut *self
+                .shared
+                .deleteme
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        self.shared.has_deleteme.store(false, Ordering::Release);
+        if queued.is_empty() {
+            return;
+        }
+        // SAFETY: GIL held; the queue handed us one reference to each greenlet.
+        unsafe {
+            let saved = if ffi::PyErr_Occurred().is_null() {
+                None
+            } else {
+                Some(crate::pyerr::ErrState::fetch())
+            };
+            for SendPtr(g) in queued {
+                ffi::Py_DECREF(g);
+                if !ffi::PyErr_Occurred().is_null() {
+                    ffi::PyErr_WriteUnraisable(ptr::null_mut());
+                }
+            }
+            if let Some(saved) = saved {
+                saved.restore();
+            }
+        }
+    }
+
+    /// Greenlets queued here for deletion and not yet dropped.
+    pub fn pending_deletions(&self) -> usize {
+        self.shared
+            .deleteme
+            .lock()
+            .map(|q| q.len())
+            .unwrap_or(0)
+    }
+}
