@@ -140,7 +140,8 @@ impl Pool {
     fn take(&mut self, size: usize) -> io::Result<usize> {
         let class = self.class(size);
         if let Some(guard) = class.free.pop() {
-            class.warm = class.warm.min(class.free.len());
+            // Warm stacks sit at the end: the one popped was warm if any were.
+            class.warm = class.warm.saturating_sub(1);
             self.live += 1;
             return Ok(guard);
         }
@@ -308,12 +309,21 @@ pub fn pool_stats() -> PoolStats {
     }
 }
 
+/// Serialises tests that reason about the shared pool.
+#[cfg(test)]
+pub static TEST_LOCK: Mutex<()> = Mutex::new(());
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        TEST_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     #[test]
     fn stacks_are_distinct_aligned_and_writable() {
+        let _serial = serial();
         let a = take_stack().unwrap();
         let b = take_stack().unwrap();
         assert_ne!(a.guard, b.guard);
@@ -331,6 +341,7 @@ mod tests {
 
     #[test]
     fn returned_stacks_are_reused() {
+        let _serial = serial();
         let a = take_stack().unwrap();
         let guard = a.guard;
         drop(a);
@@ -340,11 +351,13 @@ mod tests {
 
     #[test]
     fn too_small_stack_size_is_refused() {
+        let _serial = serial();
         assert!(set_stack_size(1024).is_err());
     }
 
     #[test]
     fn guard_page_is_installed() {
+        let _serial = serial();
         let _a = take_stack().unwrap();
         assert!(pool_stats().guard_kind.is_some());
         assert!(pool_stats().slabs >= 1);
