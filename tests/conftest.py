@@ -16,9 +16,8 @@ import gc
 import os
 import time
 
-import pytest
-
 import corolet
+import pytest
 
 AGAINST_GREENLET = os.environ.get("COROLET_TEST_AGAINST_GREENLET") == "1"
 
@@ -130,4 +129,3 @@ def main_greenlet() -> corolet.greenlet:
     current = corolet.getcurrent()
     assert current.parent is None, "tests are expected to start in the main greenlet"
     return current
-

@@ -8,9 +8,8 @@ import pickle
 import re
 import sys
 
-import pytest
-
 import corolet
+import pytest
 from corolet import GreenletExit, getcurrent, greenlet
 
 _HEX = r"0x(?:[0-9a-f]+|\(nil\))"

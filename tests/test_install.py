@@ -11,9 +11,8 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 import corolet
+import pytest
 
 pytestmark = pytest.mark.corolet_only
 
@@ -23,9 +22,7 @@ def _run_child(tmp_path, source: str) -> subprocess.CompletedProcess:
     script.write_text(textwrap.dedent(source))
     env = dict(os.environ)
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(corolet.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (package_root, env.get("PYTHONPATH", "")) if p
-    )
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
     return subprocess.run(
         [sys.executable, str(script)],
         cwd=tmp_path,

@@ -6,9 +6,8 @@ one it sets the size for greenlets created afterwards and returns the previous s
 
 from __future__ import annotations
 
-import pytest
-
 import corolet
+import pytest
 from corolet import greenlet
 
 pytestmark = pytest.mark.corolet_only

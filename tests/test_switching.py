@@ -5,9 +5,8 @@ from __future__ import annotations
 import sys
 import traceback
 
-import pytest
-
 import corolet
+import pytest
 from corolet import GreenletExit, getcurrent, greenlet
 
 

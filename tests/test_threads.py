@@ -6,12 +6,12 @@ import re
 import threading
 import time
 
-import pytest
-
 import corolet
+import pytest
 from corolet import GreenletExit, getcurrent, greenlet
 
 _HEX = r"0x(?:[0-9a-f]+|\(nil\))"
+EXITED_THREAD_MESSAGE = r"^cannot switch to a different thread \(which happens to have exited\)$"
 
 
 def _run_in_thread(fn):
@@ -140,7 +140,8 @@ def test_switch_to_a_greenlet_of_another_thread_raises_error_with_both_greenlets
 
 def test_throw_into_a_greenlet_of_another_thread_raises_error(main_greenlet):
     with ParkedThread() as other:
-        with pytest.raises(corolet.error, match="^Cannot switch to a different thread\n\tCurrent: "):
+        expected = "^Cannot switch to a different thread\n\tCurrent: "
+        with pytest.raises(corolet.error, match=expected):
             other.child.throw(ValueError)
         assert not other.child.dead
 
@@ -191,7 +192,7 @@ def test_switch_or_throw_to_a_greenlet_of_an_exited_thread_raises_error():
 
     other_main, suspended = _run_in_thread(in_thread)
     assert _wait_for(lambda: other_main.dead)
-    message = "^cannot switch to a different thread \\(which happens to have exited\\)$"
+    message = EXITED_THREAD_MESSAGE
     for target in (suspended, other_main):
         with pytest.raises(corolet.error, match=message):
             target.switch()
@@ -204,9 +205,7 @@ def test_unstarted_greenlet_whose_parent_thread_exited_cannot_be_switched_to():
     assert _wait_for(lambda: other_main.dead)
     g = greenlet(lambda: None)
     g.parent = other_main
-    with pytest.raises(
-        corolet.error, match="^cannot switch to a different thread \\(which happens to have exited\\)$"
-    ):
+    with pytest.raises(corolet.error, match=EXITED_THREAD_MESSAGE):
         g.switch()
     assert not g.dead
 
@@ -231,9 +230,9 @@ def test_suspended_greenlet_outliving_its_thread_never_runs_its_finally_block():
         g.switch()
         return g
 
-    suspended = _run_in_thread(in_thread)
-    assert _wait_for(lambda: suspended.dead)
-    del suspended
+    holder = [_run_in_thread(in_thread)]
+    assert _wait_for(lambda: holder[0].dead)
+    holder.clear()
     assert finally_ran == []
 
 
@@ -331,7 +330,7 @@ def test_many_threads_each_switching_their_own_greenlets():
             main = getcurrent()
             children = [greenlet(lambda i=i: main.switch(i) + 1) for i in range(10)]
             values = [child.switch() for child in children]
-            results = [child.switch(v) for child, v in zip(children, values)]
+            results = [child.switch(v) for child, v in zip(children, values, strict=True)]
             assert results == list(range(1, 11))
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append((index, exc))

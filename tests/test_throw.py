@@ -6,7 +6,6 @@ import sys
 import traceback
 
 import pytest
-
 from corolet import GreenletExit, getcurrent, greenlet
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import threading
 
-import pytest
-
 import corolet
+import pytest
 from corolet import GreenletExit, getcurrent, gettrace, greenlet, settrace
 
 

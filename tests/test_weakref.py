@@ -6,7 +6,6 @@ import gc
 import weakref
 
 import pytest
-
 from corolet import GreenletExit, getcurrent, greenlet
 
 
@@ -188,7 +187,7 @@ def test_unreachable_cycle_through_an_unstarted_greenlet_is_collected():
 def test_unreachable_cycle_through_an_unstarted_run_function_is_collected():
     box = []
 
-    def run():
+    def run(box=box):
         return box
 
     g = greenlet(run)
