@@ -59,6 +59,9 @@ pub struct Green {
     /// Strong or null: the callable to run (before the start), the looked-up one (while
     /// running its first call).
     pub run: Cell<*mut ffi::PyObject>,
+    /// Strong or null: `run` as looked up by the switch that starts it; it replaces `run`
+    /// once the greenlet is on its own stack.
+    pub starting_run: Cell<*mut ffi::PyObject>,
     /// Strong: the main greenlet of the thread it started in; null until started.
     pub main: Cell<*mut ffi::PyObject>,
     /// Main greenlets only: their thread.
@@ -86,6 +89,7 @@ impl Green {
             is_main,
             parent: Cell::new(parent),
             run: Cell::new(ptr::null_mut()),
+            starting_run: Cell::new(ptr::null_mut()),
             main: Cell::new(ptr::null_mut()),
             thread,
             fiber: UnsafeCell::new(None),
@@ -155,7 +159,7 @@ impl Drop for Green {
                 drop(fiber);
             }
             pystate::corolet_pystate_clear(self.state.as_ptr());
-            for p in [&self.parent, &self.run, &self.main] {
+            for p in [&self.parent, &self.run, &self.starting_run, &self.main] {
                 let obj = p.replace(ptr::null_mut());
                 ffi::Py_XDECREF(obj);
             }
@@ -249,6 +253,20 @@ unsafe extern "C" fn tp_new(
                 return NULL;
             }
             (*ts).drain_deleteme();
+            if (*ty).tp_flags & ffi::Py_TPFLAGS_IS_ABSTRACT != 0 {
+                // Let object.__new__ raise its "Can't instantiate abstract class" error.
+                let empty = ffi::PyTuple_New(0);
+                if empty.is_null() {
+                    return NULL;
+                }
+                let base_new = (*ptr::addr_of_mut!(ffi::PyBaseObject_Type)).tp_new;
+                let r = base_new.map_or(NULL, |f| f(ty, empty, ptr::null_mut()));
+                ffi::Py_DECREF(empty);
+                if r.is_null() {
+                    return NULL;
+                }
+                ffi::Py_DECREF(r);
+            }
             let obj = ffi::PyType_GenericAlloc(ty, 0);
             if obj.is_null() {
                 return NULL;
@@ -402,15 +420,13 @@ unsafe fn kill_on_dealloc(obj: *mut ffi::PyObject) -> bool {
 }
 
 /// Brings a deallocating object back to life with `refcnt` references.
+///
+/// Our type is a heap type, so `subtype_dealloc` leaves the instance's type reference to our
+/// `tp_dealloc`; returning early without dropping it keeps the count balanced.
 unsafe fn resurrect(obj: *mut ffi::PyObject, refcnt: ffi::Py_ssize_t) {
-    // SAFETY: GIL held; `obj` is in tp_dealloc. A heap type's subtype_dealloc drops a type
-    // reference after we return, so we take one to balance it.
+    // SAFETY: GIL held; `obj` is in tp_dealloc and untracked.
     unsafe {
         pystate::corolet_set_refcnt(obj, refcnt);
-        let ty = ffi::Py_TYPE(obj);
-        if ffi::PyType_HasFeature(ty, ffi::Py_TPFLAGS_HEAPTYPE) != 0 {
-            ffi::Py_INCREF(ty as *mut ffi::PyObject);
-        }
         ffi::PyObject_GC_Track(obj as *mut c_void);
     }
 }
@@ -442,6 +458,7 @@ unsafe extern "C" fn tp_traverse(
         let g = &*pimpl;
         visit!(g.parent.get());
         visit!(g.run.get());
+        visit!(g.starting_run.get());
         visit!(g.main.get());
         pystate::corolet_pystate_traverse(g.state.as_ptr(), visit, arg)
     }
@@ -477,7 +494,7 @@ unsafe extern "C" fn tp_clear(obj: *mut ffi::PyObject) -> c_int {
         }
         pystate::corolet_pystate_clear(g.state.as_ptr());
         if !g.is_main {
-            for p in [&g.run] {
+            for p in [&g.run, &g.starting_run, &g.parent, &g.main] {
                 let o = p.replace(ptr::null_mut());
                 ffi::Py_XDECREF(o);
             }

@@ -37,10 +37,14 @@ unsafe extern "C" fn getcurrent(_m: *mut ffi::PyObject, _a: *mut ffi::PyObject) 
     }
 }
 
-unsafe extern "C" fn settrace(_m: *mut ffi::PyObject, func: *mut ffi::PyObject) -> *mut ffi::PyObject {
+unsafe extern "C" fn settrace(_m: *mut ffi::PyObject, args: *mut ffi::PyObject) -> *mut ffi::PyObject {
     guard(NULL, || {
-        // SAFETY: METH_O call from CPython with the GIL.
+        // SAFETY: METH_VARARGS call from CPython with the GIL.
         unsafe {
+            let mut func: *mut ffi::PyObject = ptr::null_mut();
+            if ffi::PyArg_ParseTuple(args, c"O".as_ptr(), &mut func) == 0 {
+                return NULL;
+            }
             let ts = ThreadState::get();
             if ts.is_null() {
                 return NULL;
@@ -103,15 +107,10 @@ fn stack_size(size: Option<usize>) -> PyResult<usize> {
     }
 }
 
+/// Exited threads whose greenlets are still to be released.
 #[pyfunction]
 fn get_pending_cleanup_count() -> usize {
-    let ts = ThreadState::existing();
-    if ts.is_null() {
-        0
-    } else {
-        // SAFETY: this thread's live state.
-        unsafe { (*ts).pending_deletions() }
-    }
+    crate::thread::dead_threads_pending()
 }
 
 #[pyfunction]
@@ -319,7 +318,7 @@ fn corolet_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m,
         c"settrace",
         settrace,
-        ffi::METH_O,
+        ffi::METH_VARARGS,
         c"settrace(callback) -> object\n\nSets a new tracing function and returns the previous one.",
     )?;
     let gettrace_f = raw_function(
@@ -352,7 +351,7 @@ fn corolet_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "GREENLET_USE_CONTEXT_VARS",
         "GREENLET_USE_STANDARD_THREADING",
     ] {
-        m.add(name, true)?;
+        m.add(name, 1)?;
     }
     m.add("CLOCKS_PER_SEC", // SAFETY: a constant of the C library.
         unsafe { pystate::corolet_clocks_per_sec() } as i64)?;

@@ -178,7 +178,7 @@ unsafe fn prepare_start(ts: &ThreadState, g: *mut ffi::PyObject) -> Result<bool,
         *gr.fiber.get() = Some(fiber);
         let old_main = gr.main.replace(ffi::Py_NewRef(ts.main));
         ffi::Py_XDECREF(old_main);
-        let old_run = gr.run.replace(run);
+        let old_run = gr.starting_run.replace(run);
         ffi::Py_XDECREF(old_run);
         gr.life.set(Life::Active);
         Ok(true)
@@ -191,8 +191,9 @@ unsafe fn unprepare_start(g: *mut ffi::PyObject) {
     unsafe {
         let gr = green(g);
         drop((*gr.fiber.get()).take());
-        let main = gr.main.replace(ptr::null_mut());
-        ffi::Py_XDECREF(main);
+        for p in [&gr.main, &gr.starting_run] {
+            ffi::Py_XDECREF(p.replace(ptr::null_mut()));
+        }
         gr.life.set(Life::Unstarted);
     }
 }
@@ -406,6 +407,10 @@ unsafe fn run_and_finish(g: *mut ffi::PyObject, first: Payload) -> Hop<Payload> 
         let ts = &*ThreadState::existing();
         ts.set_current(g);
         let gr = green(g);
+        // The callable looked up by the starting switch replaces `run` now, on this stack:
+        // dropping the old one may run code (even switch), which belongs in this greenlet.
+        let looked_up = gr.starting_run.replace(ptr::null_mut());
+        ffi::Py_XDECREF(gr.run.replace(looked_up));
         let mut first = first;
         let trace = ts.trace();
         let traced = if trace.is_null() {
@@ -417,10 +422,17 @@ unsafe fn run_and_finish(g: *mut ffi::PyObject, first: Payload) -> Hop<Payload> 
             };
             call_trace(ts, trace, event, first.origin, g)
         };
+        // Borrowed: the greenlet holds `run` until it finishes. No reference of ours may stay
+        // on this stack while it is suspended, or abandoning the stack would leak it.
         let run = gr.run.get();
+        let kind = first.kind.take().expect("first payload");
+        drop(first);
         let outcome: Result<*mut ffi::PyObject, ErrState> = match traced {
-            Err(()) => Err(ErrState::fetch()),
-            Ok(()) => match first.kind.take().expect("first payload") {
+            Err(()) => {
+                drop(kind);
+                Err(ErrState::fetch())
+            }
+            Ok(()) => match kind {
                 Kind::Raise(e) => Err(e),
                 Kind::Value(v) => {
                     let r = ffi::PyObject_CallOneArg(run, v);
@@ -443,9 +455,7 @@ unsafe fn run_and_finish(g: *mut ffi::PyObject, first: Payload) -> Hop<Payload> 
                 }
             },
         };
-        drop(first);
-        let run = gr.run.replace(ptr::null_mut());
-        ffi::Py_XDECREF(run);
+        ffi::Py_XDECREF(gr.run.replace(ptr::null_mut()));
         gr.life.set(Life::Dead);
         let kind = match outcome {
             Ok(r) => Kind::Value(r),

@@ -62,15 +62,104 @@ pub static MAIN_GREENLETS: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     static STATE: Cell<*const ThreadState> = const { Cell::new(ptr::null()) };
-    static EXIT: ExitGuard = const { ExitGuard(Cell::new(None)) };
+    static EXIT: ExitGuard = const { ExitGuard(Cell::new(ptr::null())) };
 }
 
-struct ExitGuard(Cell<Option<Arc<ThreadShared>>>);
+/// The states of exited threads, waiting to release their Python objects under the GIL.
+struct DeadState(*const ThreadState);
+// SAFETY: only dereferenced with the GIL held, after its thread is gone.
+unsafe impl Send for DeadState {}
+
+static DEAD_THREADS: Mutex<Vec<DeadState>> = Mutex::new(Vec::new());
+/// Set while `DEAD_THREADS` may be non-empty: checked on every greenlet entry point.
+static DEAD_PENDING: AtomicBool = AtomicBool::new(false);
+
+/// Marks the thread dead when it exits and hands its state over to be released. Runs after
+/// the thread's Python state is gone, without the GIL: it touches no Python object.
+struct ExitGuard(Cell<*const ThreadState>);
 
 impl Drop for ExitGuard {
     fn drop(&mut self) {
-        if let Some(shared) = self.0.take() {
-            shared.alive.store(false, Ordering::Release);
+        let state = self.0.replace(ptr::null());
+        if state.is_null() {
+            return;
+        }
+        // SAFETY: the state is leaked for the life of the thread, which is ending; only its
+        // atomics are touched here.
+        unsafe { (&(*state).shared).alive.store(false, Ordering::Release) };
+        let mut dead = DEAD_THREADS.lock().unwrap_or_else(|e| e.into_inner());
+        dead.push(DeadState(state));
+        let first = dead.len() == 1;
+        drop(dead);
+        DEAD_PENDING.store(true, Ordering::Release);
+        // SAFETY: both calls are documented as callable without a thread state or the GIL.
+        unsafe {
+            if first
+                && ffi::Py_IsInitialized() != 0
+                && crate::pystate::corolet_is_finalizing() == 0
+            {
+                ffi::Py_AddPendingCall(Some(release_dead_threads_cb), ptr::null_mut());
+            }
+        }
+    }
+}
+
+extern "C" fn release_dead_threads_cb(_: *mut std::ffi::c_void) -> std::ffi::c_int {
+    // SAFETY: pending calls run with the GIL held.
+    unsafe { release_dead_threads() };
+    0
+}
+
+/// Exited threads whose greenlet state has not been released yet.
+pub fn dead_threads_pending() -> usize {
+    DEAD_THREADS.lock().map(|d| d.len()).unwrap_or(0)
+}
+
+/// Releases what exited threads' states hold: the trace function, the current and main
+/// greenlets, the greenlets queued for deletion. Their suspended greenlets are then freed
+/// without running (their thread is gone).
+///
+/// # Safety
+/// GIL held.
+pub unsafe fn release_dead_threads() {
+    let dead = std::mem::take(&mut *DEAD_THREADS.lock().unwrap_or_else(|e| e.into_inner()));
+    DEAD_PENDING.store(false, Ordering::Release);
+    // SAFETY: reads the runtime's finalizing flag.
+    if unsafe { crate::pystate::corolet_is_finalizing() } != 0 {
+        // Too late to run destructors safely: leave it all to the process exit.
+        std::mem::forget(dead);
+        return;
+    }
+    // SAFETY: GIL held; each state was leaked by its thread and is now ours alone.
+    unsafe {
+        let saved = if ffi::PyErr_Occurred().is_null() {
+            None
+        } else {
+            Some(crate::pyerr::ErrState::fetch())
+        };
+        for DeadState(state) in dead {
+            let state = Box::from_raw(state as *mut ThreadState);
+            let queued = std::mem::take(
+                &mut *state
+                    .shared
+                    .deleteme
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()),
+            );
+            for SendPtr(g) in queued {
+                ffi::Py_DECREF(g);
+            }
+            ffi::Py_XDECREF(state.trace.replace(ptr::null_mut()));
+            let current = state.current.replace(ptr::null_mut());
+            crate::greenlet::green(current).running.set(false);
+            ffi::Py_DECREF(current);
+            ffi::Py_DECREF(state.main);
+            if !ffi::PyErr_Occurred().is_null() {
+                ffi::PyErr_WriteUnraisable(ptr::null_mut());
+            }
+        }
+        if let Some(saved) = saved {
+            saved.restore();
         }
     }
 }
@@ -136,8 +225,9 @@ impl ThreadState {
             trace: Cell::new(ptr::null_mut()),
             shared: shared.clone(),
         }));
-        // The state and the references it holds are kept for the life of the thread.
-        let _ = EXIT.try_with(|g| g.0.set(Some(shared)));
+        // The state and the references it holds are kept for the life of the thread, then
+        // handed over to be released.
+        let _ = EXIT.try_with(|g| g.0.set(state));
         STATE.with(|s| s.set(state));
         // SAFETY: marking the main greenlet as running on this thread.
         unsafe { crate::greenlet::green(main).running.set(true) };
@@ -189,6 +279,10 @@ impl ThreadState {
             // SAFETY: GIL held by contract.
             unsafe { self.drain_deleteme_slow() }
         }
+        if DEAD_PENDING.load(Ordering::Relaxed) {
+            // SAFETY: GIL held by contract.
+            unsafe { release_dead_threads() }
+        }
     }
 
     #[cold]
@@ -221,14 +315,5 @@ impl ThreadState {
                 saved.restore();
             }
         }
-    }
-
-    /// Greenlets queued here for deletion and not yet dropped.
-    pub fn pending_deletions(&self) -> usize {
-        self.shared
-            .deleteme
-            .lock()
-            .map(|q| q.len())
-            .unwrap_or(0)
     }
 }
