@@ -17,10 +17,10 @@ export CARGO_TARGET_DIR := $(CARGO_TARGET)
 
 .PHONY: demo test test-all venv build cargo-test lint pytest upstream bench-fast bench valgrind clean
 
-$(VENV)/.stamp: pyproject.toml
+$(VENV)/.stamp: tests/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q "maturin>=1.9.4,<2" "pytest>=8" "pytest-timeout>=2.3" "psutil>=5.9" "objgraph>=3.6" "ruff>=0.6"
+	$(VPY) -m pip install -q -r tests/requirements.txt
 	touch $@
 
 venv: $(VENV)/.stamp

@@ -103,7 +103,11 @@ impl Green {
     /// The fiber, if it has one (borrowed).
     pub fn fiber_ptr(&self) -> *const Fiber<Payload> {
         // SAFETY: GIL held; a shared read of the option.
-        unsafe { (*self.fiber.get()).as_deref().map_or(ptr::null(), |f| f as *const _) }
+        unsafe {
+            (*self.fiber.get())
+                .as_deref()
+                .map_or(ptr::null(), |f| f as *const _)
+        }
     }
 
     /// The main greenlet of the thread it belongs to, by its lineage (borrowed, may be
@@ -289,7 +293,11 @@ unsafe extern "C" fn tp_init(
         unsafe {
             let mut run: *mut ffi::PyObject = ptr::null_mut();
             let mut parent: *mut ffi::PyObject = ptr::null_mut();
-            let mut kwlist = [c"run".as_ptr() as *mut _, c"parent".as_ptr() as *mut _, ptr::null_mut()];
+            let mut kwlist = [
+                c"run".as_ptr() as *mut _,
+                c"parent".as_ptr() as *mut _,
+                ptr::null_mut(),
+            ];
             if ffi::PyArg_ParseTupleAndKeywords(
                 args,
                 kwds,
@@ -760,7 +768,10 @@ unsafe extern "C" fn tp_repr(obj: *mut ffi::PyObject) -> *mut ffi::PyObject {
             let otid = if main.is_null() {
                 0
             } else {
-                green(main).thread.as_ref().map_or(0, |t| Arc::as_ptr(t) as usize)
+                green(main)
+                    .thread
+                    .as_ref()
+                    .map_or(0, |t| Arc::as_ptr(t) as usize)
             };
             let exited = g.thread_exited();
             let text = if !g.is_dead() {
@@ -776,8 +787,16 @@ unsafe extern "C" fn tp_repr(obj: *mut ffi::PyObject) -> *mut ffi::PyObject {
                 };
                 format!(
                     "<{name} object at {obj:p} (otid={otid:#x}){state}{}{}{}>",
-                    if g.life.get() == Life::Active { " active" } else { "" },
-                    if g.life.get() == Life::Unstarted { " pending" } else { " started" },
+                    if g.life.get() == Life::Active {
+                        " active"
+                    } else {
+                        ""
+                    },
+                    if g.life.get() == Life::Unstarted {
+                        " pending"
+                    } else {
+                        " started"
+                    },
                     if g.is_main { " main" } else { "" },
                 )
             } else {
@@ -791,7 +810,10 @@ unsafe extern "C" fn tp_repr(obj: *mut ffi::PyObject) -> *mut ffi::PyObject {
     })
 }
 
-unsafe extern "C" fn getstate(obj: *mut ffi::PyObject, _: *mut ffi::PyObject) -> *mut ffi::PyObject {
+unsafe extern "C" fn getstate(
+    obj: *mut ffi::PyObject,
+    _: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
     // SAFETY: method called with the GIL.
     unsafe {
         let name = CStr::from_ptr((*ffi::Py_TYPE(obj)).tp_name).to_string_lossy();
@@ -822,15 +844,16 @@ fn getset(
 }
 
 /// Builds the `greenlet.greenlet` type and the module-wide objects. Called once, at import.
+/// None with a Python error set on failure.
 ///
 /// # Safety
 /// GIL held.
 pub unsafe fn init_type(
     exit: *mut ffi::PyObject,
     error: *mut ffi::PyObject,
-) -> Result<*mut ffi::PyTypeObject, ()> {
+) -> Option<*mut ffi::PyTypeObject> {
     if let Some(g) = GLOBALS.get() {
-        return Ok(g.ty);
+        return Some(g.ty);
     }
     let methods = leak(vec![
         ffi::PyMethodDef {
@@ -920,15 +943,14 @@ pub unsafe fn init_type(
         name: c"greenlet.greenlet".as_ptr(),
         basicsize: std::mem::size_of::<PyGreenlet>() as c_int,
         itemsize: 0,
-        flags: (ffi::Py_TPFLAGS_DEFAULT | ffi::Py_TPFLAGS_BASETYPE | ffi::Py_TPFLAGS_HAVE_GC)
-            as _,
+        flags: (ffi::Py_TPFLAGS_DEFAULT | ffi::Py_TPFLAGS_BASETYPE | ffi::Py_TPFLAGS_HAVE_GC) as _,
         slots,
     }));
     // SAFETY: GIL held; the spec and everything it points to are leaked ('static).
     unsafe {
         let ty = ffi::PyType_FromSpec(spec);
         if ty.is_null() {
-            return Err(());
+            return None;
         }
         let intern = |s: &CStr| ffi::PyUnicode_InternFromString(s.as_ptr());
         let globals = Globals {
@@ -940,6 +962,6 @@ pub unsafe fn init_type(
             str_throw: intern(c"throw"),
         };
         let _ = GLOBALS.set(globals);
-        Ok(ty as *mut ffi::PyTypeObject)
+        Some(ty as *mut ffi::PyTypeObject)
     }
 }

@@ -40,7 +40,8 @@ pub fn cannot_serialize(type_name: &str) -> String {
 }
 pub const KILLING: &CStr = c"Killing the greenlet because all references have vanished.";
 pub const FINALIZING: &CStr = c"greenlet is being finalized";
-pub const FIRST_SWITCH_FAILED: &CStr = c"Failed to switch stacks into a greenlet for the first time.";
+pub const FIRST_SWITCH_FAILED: &CStr =
+    c"Failed to switch stacks into a greenlet for the first time.";
 pub const SWITCH_FAILED: &CStr = c"Failed to switch stacks into a running greenlet.";
 pub const SLP_SWITCH_FATAL: &CStr =
     c"greenlet: Failed low-level slp_switch(). The stack is probably corrupt.";

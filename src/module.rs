@@ -10,9 +10,9 @@ use std::ptr;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use pyo3::exceptions::{PyImportError, PyValueError};
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyType;
-use pyo3::ffi;
 
 use crate::greenlet::{self, globals, green};
 use crate::messages as msg;
@@ -21,7 +21,10 @@ use crate::pystate;
 use crate::stack;
 use crate::thread::{ThreadState, MAIN_GREENLETS};
 
-unsafe extern "C" fn getcurrent(_m: *mut ffi::PyObject, _a: *mut ffi::PyObject) -> *mut ffi::PyObject {
+unsafe extern "C" fn getcurrent(
+    _m: *mut ffi::PyObject,
+    _a: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
     // SAFETY: METH_NOARGS call from CPython with the GIL.
     unsafe {
         if pystate::corolet_is_finalizing() != 0 {
@@ -37,7 +40,10 @@ unsafe extern "C" fn getcurrent(_m: *mut ffi::PyObject, _a: *mut ffi::PyObject) 
     }
 }
 
-unsafe extern "C" fn settrace(_m: *mut ffi::PyObject, args: *mut ffi::PyObject) -> *mut ffi::PyObject {
+unsafe extern "C" fn settrace(
+    _m: *mut ffi::PyObject,
+    args: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
     guard(NULL, || {
         // SAFETY: METH_VARARGS call from CPython with the GIL.
         unsafe {
@@ -64,7 +70,10 @@ unsafe extern "C" fn settrace(_m: *mut ffi::PyObject, args: *mut ffi::PyObject) 
     })
 }
 
-unsafe extern "C" fn gettrace(_m: *mut ffi::PyObject, _a: *mut ffi::PyObject) -> *mut ffi::PyObject {
+unsafe extern "C" fn gettrace(
+    _m: *mut ffi::PyObject,
+    _a: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
     // SAFETY: METH_NOARGS call from CPython with the GIL.
     unsafe {
         let ts = ThreadState::get();
@@ -126,11 +135,17 @@ fn get_tstate_trash_delete_nesting() -> i32 {
 }
 
 #[pyfunction]
-fn set_thread_local(py: Python<'_>, key: Bound<'_, PyAny>, value: Bound<'_, PyAny>) -> PyResult<()> {
+fn set_thread_local(
+    py: Python<'_>,
+    key: Bound<'_, PyAny>,
+    value: Bound<'_, PyAny>,
+) -> PyResult<()> {
     // SAFETY: GIL held; the thread-state dict is borrowed.
     let dict = unsafe { ffi::PyThreadState_GetDict() };
     if dict.is_null() {
-        return Err(pyo3::exceptions::PyRuntimeError::new_err("no thread-state dict"));
+        return Err(pyo3::exceptions::PyRuntimeError::new_err(
+            "no thread-state dict",
+        ));
     }
     // SAFETY: borrowed dict, GIL held.
     let dict = unsafe { Bound::from_borrowed_ptr(py, dict) };
@@ -204,7 +219,7 @@ fn unswitchable_type(py: Python<'_>, base: *mut ffi::PyTypeObject) -> PyResult<P
             get: Some(get_flag),
             set: Some(set_flag),
             doc: ptr::null(),
-            closure: 1 as *mut c_void,
+            closure: ptr::dangling_mut::<c_void>(),
         },
         ffi::PyGetSetDef {
             name: ptr::null(),
@@ -297,7 +312,7 @@ fn corolet_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
         )
     };
     // SAFETY: GIL held.
-    let ty = unsafe { greenlet::init_type(exit, error) }.map_err(|()| PyErr::fetch(py))?;
+    let ty = unsafe { greenlet::init_type(exit, error) }.ok_or_else(|| PyErr::fetch(py))?;
     let g = globals();
     // SAFETY: GIL held; borrowed globals that live forever.
     let (ty_obj, exit, error) = unsafe {
@@ -353,8 +368,10 @@ fn corolet_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     ] {
         m.add(name, 1)?;
     }
-    m.add("CLOCKS_PER_SEC", // SAFETY: a constant of the C library.
-        unsafe { pystate::corolet_clocks_per_sec() } as i64)?;
+    m.add(
+        "CLOCKS_PER_SEC", // SAFETY: a constant of the C library.
+        unsafe { pystate::corolet_clocks_per_sec() } as i64,
+    )?;
     m.add("UnswitchableGreenlet", unswitchable_type(py, ty)?)?;
     m.add_function(wrap_pyfunction!(stack_size, m)?)?;
     m.add_function(wrap_pyfunction!(get_pending_cleanup_count, m)?)?;

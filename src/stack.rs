@@ -161,7 +161,11 @@ impl Pool {
             // SAFETY: the usable range of this slot is our own mapping and nothing lives on
             // it any more (its coroutine has finished or was reset).
             unsafe {
-                libc::madvise((guard + page) as *mut libc::c_void, size, libc::MADV_DONTNEED);
+                libc::madvise(
+                    (guard + page) as *mut libc::c_void,
+                    size,
+                    libc::MADV_DONTNEED,
+                );
             }
             let warm = class.warm;
             let at = class.free.len() - warm;
@@ -346,7 +350,10 @@ mod tests {
         let guard = a.guard;
         drop(a);
         let b = take_stack().unwrap();
-        assert_eq!(b.guard, guard, "the warm stack just returned is handed out first");
+        assert_eq!(
+            b.guard, guard,
+            "the warm stack just returned is handed out first"
+        );
     }
 
     #[test]

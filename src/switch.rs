@@ -174,7 +174,9 @@ unsafe fn prepare_start(ts: &ThreadState, g: *mut ffi::PyObject) -> Result<bool,
             }
         };
         let me = g as usize;
-        let fiber = Fiber::new(stack, move |first| fiber_main(me as *mut ffi::PyObject, first));
+        let fiber = Fiber::new(stack, move |first| {
+            fiber_main(me as *mut ffi::PyObject, first)
+        });
         *gr.fiber.get() = Some(fiber);
         let old_main = gr.main.replace(ffi::Py_NewRef(ts.main));
         ffi::Py_XDECREF(old_main);
@@ -224,10 +226,15 @@ unsafe fn transfer(
             }
             return Err(());
         }
-        let to = if dg.is_main { ptr::null() } else { dg.fiber_ptr() };
+        let to = if dg.is_main {
+            ptr::null()
+        } else {
+            dg.fiber_ptr()
+        };
         let cg = green(cur);
         let marker = 0u8;
-        cg.saved_sp.set(std::hint::black_box(&marker) as *const u8 as usize);
+        cg.saved_sp
+            .set(std::hint::black_box(&marker) as *const u8 as usize);
         pystate::corolet_pystate_save(cg.state.as_ptr());
         let received = if cg.is_main {
             run_from_main(to, payload)
@@ -332,6 +339,9 @@ unsafe fn single(obj: *mut ffi::PyObject) -> *mut ffi::PyObject {
 
 /// Switches to `target` with `kind`; returns what this greenlet receives (new reference) or
 /// null with an exception set.
+///
+/// # Safety
+/// GIL held; `target` is a live greenlet.
 pub unsafe fn switch_to(target: *mut ffi::PyObject, kind: Kind) -> *mut ffi::PyObject {
     // SAFETY: GIL held; `target` is a live greenlet.
     unsafe {
@@ -376,7 +386,8 @@ fn fiber_main(g: *mut ffi::PyObject, first: Payload) -> Hop<Payload> {
         let start = unsafe { &mut *(arg as *mut Start) };
         let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             // SAFETY: GIL held (we were switched to by a greenlet holding it).
-            start.hop = Some(unsafe { run_and_finish(start.g, start.first.take().expect("first")) });
+            start.hop =
+                Some(unsafe { run_and_finish(start.g, start.first.take().expect("first")) });
         }));
         if ok.is_err() {
             // SAFETY: no way to hand control anywhere coherent after a bug here.
@@ -397,7 +408,10 @@ fn fiber_main(g: *mut ffi::PyObject, first: Payload) -> Hop<Payload> {
             green(g).state.as_ptr(),
         );
     }
-    start.hop.take().expect("a finished greenlet names where to go")
+    start
+        .hop
+        .take()
+        .expect("a finished greenlet names where to go")
 }
 
 /// Runs `g`'s `run` with the first payload, then resolves where its outcome goes.
@@ -461,7 +475,11 @@ unsafe fn run_and_finish(g: *mut ffi::PyObject, first: Payload) -> Hop<Payload> 
             Ok(r) => Kind::Value(r),
             Err(e) if e.matches(globals().exit) => {
                 let v = e.value();
-                Kind::Value(if v.is_null() { none() } else { ffi::Py_NewRef(v) })
+                Kind::Value(if v.is_null() {
+                    none()
+                } else {
+                    ffi::Py_NewRef(v)
+                })
             }
             Err(e) => Kind::Raise(e),
         };
@@ -475,7 +493,11 @@ unsafe fn run_and_finish(g: *mut ffi::PyObject, first: Payload) -> Hop<Payload> 
             match resolve(ts, parent) {
                 Ok(dest) => {
                     let dg = green(dest);
-                    let to = if dg.is_main { ptr::null() } else { dg.fiber_ptr() };
+                    let to = if dg.is_main {
+                        ptr::null()
+                    } else {
+                        dg.fiber_ptr()
+                    };
                     return Hop { to, payload };
                 }
                 Err(()) => {
@@ -490,13 +512,20 @@ unsafe fn run_and_finish(g: *mut ffi::PyObject, first: Payload) -> Hop<Payload> 
 }
 
 /// Throws `err` into `target`, as `target.throw(...)` does after checking its arguments.
+///
+/// # Safety
+/// GIL held; `target` is a live greenlet.
 pub unsafe fn throw_into(target: *mut ffi::PyObject, err: ErrState) -> *mut ffi::PyObject {
     // SAFETY: GIL held; `target` is a live greenlet.
     unsafe {
         let kind = if green(target).life.get() == Life::Dead && err.matches(globals().exit) {
             // A dead greenlet turns GreenletExit into a plain return of the exception.
             let v = err.value();
-            Kind::Value(if v.is_null() { none() } else { ffi::Py_NewRef(v) })
+            Kind::Value(if v.is_null() {
+                none()
+            } else {
+                ffi::Py_NewRef(v)
+            })
         } else {
             Kind::Raise(err)
         };
@@ -505,6 +534,9 @@ pub unsafe fn throw_into(target: *mut ffi::PyObject, err: ErrState) -> *mut ffi:
 }
 
 /// Throws `GreenletExit` into a greenlet that lost its last reference.
+///
+/// # Safety
+/// GIL held; `target` is a live (temporarily resurrected) greenlet of this thread.
 pub unsafe fn kill(target: *mut ffi::PyObject) -> *mut ffi::PyObject {
     // SAFETY: GIL held; `target` is a live (temporarily resurrected) greenlet.
     unsafe {
@@ -527,6 +559,9 @@ pub unsafe fn kill(target: *mut ffi::PyObject) -> *mut ffi::PyObject {
 // Python entry points.
 
 /// `greenlet.switch(*args, **kwargs)`.
+///
+/// # Safety
+/// Called by CPython (vectorcall convention) with the GIL on a greenlet.
 pub unsafe extern "C" fn py_switch(
     slf: *mut ffi::PyObject,
     args: *const *mut ffi::PyObject,
@@ -580,6 +615,9 @@ pub unsafe extern "C" fn py_switch(
 }
 
 /// `greenlet.throw([typ[, val[, tb]]])`.
+///
+/// # Safety
+/// Called by CPython (METH_VARARGS) with the GIL on a greenlet.
 pub unsafe extern "C" fn py_throw(
     slf: *mut ffi::PyObject,
     args: *mut ffi::PyObject,
@@ -611,7 +649,11 @@ unsafe fn normalize_throw(
 ) -> Option<ErrState> {
     // SAFETY: GIL held; borrowed live arguments.
     unsafe {
-        let tb = if tb == ffi::Py_None() { ptr::null_mut() } else { tb };
+        let tb = if tb == ffi::Py_None() {
+            ptr::null_mut()
+        } else {
+            tb
+        };
         if !tb.is_null() && ffi::PyTraceBack_Check(tb) == 0 {
             set_error(ffi::PyExc_TypeError, msg::THROW_TRACEBACK);
             return None;
@@ -620,8 +662,16 @@ unsafe fn normalize_throw(
         if ffi::PyExceptionClass_Check(typ) != 0 {
             ffi::PyErr_Restore(
                 ffi::Py_NewRef(typ),
-                if val.is_null() { ptr::null_mut() } else { ffi::Py_NewRef(val) },
-                if tb.is_null() { ptr::null_mut() } else { ffi::Py_NewRef(tb) },
+                if val.is_null() {
+                    ptr::null_mut()
+                } else {
+                    ffi::Py_NewRef(val)
+                },
+                if tb.is_null() {
+                    ptr::null_mut()
+                } else {
+                    ffi::Py_NewRef(tb)
+                },
             );
             let err = ErrState::fetch();
             if err.value().is_null() {

@@ -86,7 +86,9 @@ impl Drop for ExitGuard {
         }
         // SAFETY: the state is leaked for the life of the thread, which is ending; only its
         // atomics are touched here.
-        unsafe { (&(*state).shared).alive.store(false, Ordering::Release) };
+        unsafe { (*state).shared.as_ref() }
+            .alive
+            .store(false, Ordering::Release);
         let mut dead = DEAD_THREADS.lock().unwrap_or_else(|e| e.into_inner());
         dead.push(DeadState(state));
         let first = dead.len() == 1;
@@ -94,9 +96,7 @@ impl Drop for ExitGuard {
         DEAD_PENDING.store(true, Ordering::Release);
         // SAFETY: both calls are documented as callable without a thread state or the GIL.
         unsafe {
-            if first
-                && ffi::Py_IsInitialized() != 0
-                && crate::pystate::corolet_is_finalizing() == 0
+            if first && ffi::Py_IsInitialized() != 0 && crate::pystate::corolet_is_finalizing() == 0
             {
                 ffi::Py_AddPendingCall(Some(release_dead_threads_cb), ptr::null_mut());
             }
