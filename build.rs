@@ -22,7 +22,10 @@ fn main() {
         ])
         .output()
         .unwrap_or_else(|e| panic!("cannot run {python} to find its headers: {e}"));
-    assert!(out.status.success(), "{python} could not report its include directory");
+    assert!(
+        out.status.success(),
+        "{python} could not report its include directory"
+    );
     let include = PathBuf::from(String::from_utf8(out.stdout).expect("utf-8 path").trim());
 
     cc::Build::new()

@@ -294,15 +294,15 @@ unsafe extern "C" fn tp_init(
             let mut run: *mut ffi::PyObject = ptr::null_mut();
             let mut parent: *mut ffi::PyObject = ptr::null_mut();
             let mut kwlist = [
-                c"run".as_ptr() as *mut _,
-                c"parent".as_ptr() as *mut _,
+                c"run".as_ptr() as *mut std::ffi::c_char,
+                c"parent".as_ptr() as *mut std::ffi::c_char,
                 ptr::null_mut(),
             ];
             if ffi::PyArg_ParseTupleAndKeywords(
                 args,
                 kwds,
                 c"|OO:green".as_ptr(),
-                kwlist.as_mut_ptr(),
+                kwlist.as_mut_ptr() as _,
                 &mut run,
                 &mut parent,
             ) == 0

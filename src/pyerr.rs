@@ -84,6 +84,25 @@ impl ErrState {
         };
     }
 
+    /// Attaches `tb` (a traceback object) to the exception.
+    ///
+    /// # Safety
+    /// GIL held; `tb` is a live traceback.
+    pub unsafe fn set_traceback(&mut self, tb: *mut ffi::PyObject) {
+        // SAFETY: GIL held; live objects; the old traceback reference is released.
+        unsafe {
+            let value = self.value();
+            if !value.is_null() {
+                ffi::PyException_SetTraceback(value, tb);
+            }
+            #[cfg(not(Py_3_12))]
+            {
+                ffi::Py_XDECREF(self.parts[2]);
+                self.parts[2] = ffi::Py_NewRef(tb);
+            }
+        }
+    }
+
     /// Borrowed exception instance (may be null before 3.12 for odd raisers).
     pub fn value(&self) -> *mut ffi::PyObject {
         #[cfg(Py_3_12)]

@@ -660,24 +660,12 @@ unsafe fn normalize_throw(
         }
         let val = if val.is_null() { ptr::null_mut() } else { val };
         if ffi::PyExceptionClass_Check(typ) != 0 {
-            ffi::PyErr_Restore(
-                ffi::Py_NewRef(typ),
-                if val.is_null() {
-                    ptr::null_mut()
-                } else {
-                    ffi::Py_NewRef(val)
-                },
-                if tb.is_null() {
-                    ptr::null_mut()
-                } else {
-                    ffi::Py_NewRef(tb)
-                },
-            );
-            let err = ErrState::fetch();
-            if err.value().is_null() {
-                // The class could not be instantiated with that value: raise that.
-                err.restore();
-                return None;
+            // Instantiates the class with `val` (None or absent: no arguments; a tuple: the
+            // arguments; anything else: the one argument), as raising it would.
+            ffi::PyErr_SetObject(typ, if val.is_null() { ffi::Py_None() } else { val });
+            let mut err = ErrState::fetch();
+            if !tb.is_null() {
+                err.set_traceback(tb);
             }
             Some(err)
         } else if ffi::PyExceptionInstance_Check(typ) != 0 {

@@ -50,6 +50,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import urllib.request
@@ -66,6 +67,7 @@ TOOLS = Path(__file__).resolve().parent
 CACHE_DIR = TOOLS.parent / ".cache" / "upstream"
 KNOWN_DIR = TOOLS / "upstream-known-failures"
 NEW_REASON = "TODO: investigate"
+CRASH_LINES = 8  # of what a crashed test wrote to stderr, printed under it
 
 NOT_RUN_WITH_COROLET = {
     "test_version.py": "it compares __version__ with greenlet's setup.py; corolet's is its own",
@@ -147,13 +149,20 @@ PASSING = {"ok", "expected failure"}
 
 DESC = (
     r"(?P<name>\w+) \((?P<path>(?:greenlet\.tests|unittest\.loader)\.[\w.]+)\)"
-    r"(?P<sub> \([^\n]*?\))?"
+    r"(?: \([^\n]*?\))?"  # a subtest's parameters
 )
 PROGRESS_RE = re.compile(DESC + r"(?:\n[^\n]*?)? \.\.\. ")
 HEADER_RE = re.compile(r"^={70}\n(?P<kind>FAIL|ERROR|UNEXPECTED SUCCESS): " + DESC + r".*$", re.M)
 REPORT_START_RE = re.compile(r"^(?:={70}\n(?:FAIL|ERROR|UNEXPECTED SUCCESS): |-{70}\nRan \d)", re.M)
 RAN_RE = re.compile(r"^-{70}\nRan \d+ tests? in ", re.M)
 STATUS_RE = re.compile(r"(ok|FAIL|ERROR|skipped(?: .*)?|expected failure|unexpected success)")
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 class SetupError(Exception):
@@ -172,14 +181,13 @@ class Result:
 class Child:
     returncode: int | None  # None: killed after the timeout
     stderr: str
-    seconds: float
 
     def crash_label(self, timeout: float) -> str | None:
         """Why this unittest run is incomplete, or None if it reached its summary."""
         if self.returncode is None:
             return f"timeout after {timeout:g}s"
         if self.returncode < 0:
-            return f"killed by {signal.Signals(-self.returncode).name}"
+            return f"killed by {signal_name(-self.returncode)}"
         if not RAN_RE.search(self.stderr):
             return f"exit {self.returncode} without a unittest summary"
         return None
@@ -207,8 +215,10 @@ class Verdict:
 # ---------------------------------------------------------------- the sdist
 
 
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def verify(path: Path) -> None:
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != SDIST_SHA256:
+        raise SetupError(f"{path} has sha256 {digest}, expected {SDIST_SHA256}; delete it")
 
 
 def sdist_url() -> str:
@@ -225,24 +235,21 @@ def sdist_url() -> str:
 
 
 def fetch_sdist() -> Path:
-    """The cached sdist, downloaded first if absent; its sha256 is always checked."""
+    """The cached sdist, downloaded first if absent; its sha256 is checked on every run."""
     path = CACHE_DIR / SDIST_NAME
     if not path.exists():
         CACHE_DIR.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".part")
         with urllib.request.urlopen(sdist_url(), timeout=120) as response:
             partial.write_bytes(response.read())
+        verify(partial)
         partial.replace(path)
-    digest = sha256_of(path)
-    if digest != SDIST_SHA256:
-        raise SetupError(f"{path} has sha256 {digest}, expected {SDIST_SHA256}; delete it")
+    verify(path)
     return path
 
 
 def extract_tests(sdist: Path, dest: Path) -> None:
     """Copy the sdist's src/greenlet/tests/ (regular files only) into dest."""
-    import tarfile
-
     with tarfile.open(sdist) as archive:
         for member in archive.getmembers():
             relative = member.name.removeprefix(SDIST_TESTS)
@@ -256,27 +263,26 @@ def extract_tests(sdist: Path, dest: Path) -> None:
 # ---------------------------------------------------------------- child processes
 
 
-def run_child(args: list[str], setup: Setup, timeout: float) -> Child:
+def run_child(args: list[str], setup: Setup) -> Child:
     """Run a child in its own process group; on timeout the whole group is killed."""
-    start = time.monotonic()
     with subprocess.Popen(
         args,
         cwd=setup.cwd,
         env=setup.env,
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,  # unittest reports on stderr; tests' prints are not needed
         stderr=subprocess.PIPE,
         text=True,
         errors="replace",
         start_new_session=True,
     ) as proc:
         try:
-            _, stderr = proc.communicate(timeout=timeout)
+            _, stderr = proc.communicate(timeout=setup.timeout)
             returncode = proc.returncode
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             _, stderr = proc.communicate()
             returncode = None
-    return Child(returncode, stderr, time.monotonic() - start)
+    return Child(returncode, stderr)
 
 
 def probe(setup: Setup, shim: str) -> dict:
@@ -297,7 +303,10 @@ def check_probe(info: dict, setup: Setup, shim: str) -> None:
     """Stop unless the child sees the intended greenlet and has the test dependencies."""
     if info["missing"]:
         missing = " ".join(info["missing"])
-        raise SetupError(f"{missing} missing in {setup.python}: run -m pip install {missing}")
+        raise SetupError(
+            f"upstream's tests need {missing}, missing in {setup.python}; "
+            f"run: {setup.python} -m pip install {missing}"
+        )
     if shim and not (info["greenlet"].startswith(shim + os.sep) and info["same_module"]):
         raise SetupError(
             f"greenlet resolves to {info['greenlet']} and greenlet._greenlet to "
@@ -317,7 +326,7 @@ def describe_probe(info: dict, setup: Setup) -> str:
     if info.get("lacking"):
         line += f"; corolet lacks {', '.join(info['lacking'])}"
     if info.get("shadowed"):
-        line += f"; shadowed (not used): {info['shadowed']}"
+        line += f"; a real greenlet is installed but shadowed by the shim: {info['shadowed']}"
     return line
 
 
@@ -389,7 +398,7 @@ def parse_report(text: str, results: dict[str, Result]) -> None:
     ran = RAN_RE.search(text)
     ends = [header.start() for header in headers] + [ran.start() if ran else len(text)]
     for header, end in zip(headers, ends[1:], strict=True):
-        body = text[header.end() : end].strip("\n")
+        body = text[header.end() : end].strip("\n").removeprefix("-" * 70).strip("\n")
         status = {"FAIL": "fail", "ERROR": "error"}.get(header["kind"], "unexpected success")
         tid = test_id(header["name"], header["path"])
         record(results, Result(tid, status, summarize(body) or status, body))
@@ -440,7 +449,7 @@ def unittest_args(setup: Setup, name: str) -> list[str]:
 
 def run_alone(setup: Setup, tid: str) -> Result:
     """Rerun one test in its own process, after its file's process died."""
-    child = run_child(unittest_args(setup, tid), setup, setup.timeout)
+    child = run_child(unittest_args(setup, tid), setup)
     label = child.crash_label(setup.timeout)
     if label:
         return Result(tid, "crash", label, child.stderr[-4000:])
@@ -458,7 +467,7 @@ def run_file(setup: Setup, path: Path) -> tuple[dict[str, Result], float]:
     if setup.impl == "corolet" and path.name in NOT_RUN_WITH_COROLET:
         reason = NOT_RUN_WITH_COROLET[path.name]
         return {t: Result(t, "skipped", f"not run: {reason}") for t in list_tests(path)}, 0.0
-    child = run_child(unittest_args(setup, path.stem), setup, setup.timeout)
+    child = run_child(unittest_args(setup, path.stem), setup)
     results = parse_unittest(child.stderr)
     failed_import = import_failure(results)
     if failed_import:
@@ -468,6 +477,8 @@ def run_file(setup: Setup, path: Path) -> tuple[dict[str, Result], float]:
     elif child.crash_label(setup.timeout):
         print(f"  {path.name}: {child.crash_label(setup.timeout)}; rerunning each test alone")
         results = {tid: run_alone(setup, tid) for tid in list_tests(path)}
+    for tid in list_tests(path):
+        results.setdefault(tid, Result(tid, "error", "no outcome in unittest's output"))
     return results, time.monotonic() - start
 
 
@@ -524,7 +535,12 @@ def judge(results: dict[str, Result], known: dict[str, str], files: set[str]) ->
 def updated_known(
     results: dict[str, Result], known: dict[str, str], files: set[str]
 ) -> dict[str, str]:
-    kept = {tid: reason for tid, reason in known.items() if file_of(tid) not in files}
+    """The list after this run: unselected files' and skipped tests' entries stay as they were."""
+
+    def untouched(tid: str) -> bool:
+        return file_of(tid) not in files or (tid in results and results[tid].status == "skipped")
+
+    kept = {tid: reason for tid, reason in known.items() if untouched(tid)}
     for result in results.values():
         if result.status in FAILING:
             kept[result.id] = known.get(result.id, NEW_REASON)
@@ -564,6 +580,10 @@ def print_table(rows: list[list]) -> None:
 def print_verdict(verdict: Verdict, known: dict[str, str]) -> None:
     for result in sorted(verdict.unexpected, key=lambda r: r.id):
         print(f"{result.status.upper()}: {result.id}: {result.detail}")
+        if result.status == "crash":
+            own_output = result.traceback.rpartition(" ... ")[2]
+            for line in own_output.strip().splitlines()[:CRASH_LINES]:
+                print(f"    {line}")
     for result in sorted(verdict.known, key=lambda r: r.id):
         print(f"known {result.status}: {result.id}  # {known[result.id]}")
     for tid in sorted(verdict.now_passing):
@@ -594,6 +614,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="rewrite this interpreter's known-failure list from this run (developer helper)",
     )
     args = parser.parse_args(argv)
+    found = shutil.which(args.python)
+    if not found:
+        parser.error(f"no such interpreter: {args.python}")
+    args.python = os.path.abspath(found)  # the children run elsewhere; keep venv symlinks
     if args.update_known_failures and args.impl != "corolet":
         parser.error("--update-known-failures only applies to --impl corolet")
     return args

@@ -11,12 +11,15 @@ import sys
 
 from corolet import _corolet
 from corolet._corolet import (
+    CLOCKS_PER_SEC,
     GREENLET_USE_CONTEXT_VARS,
     GREENLET_USE_GC,
     GREENLET_USE_STANDARD_THREADING,
     GREENLET_USE_TRACING,
     GreenletExit,
+    enable_optional_cleanup,
     error,
+    get_clocks_used_doing_optional_cleanup,
     getcurrent,
     gettrace,
     greenlet,
@@ -27,13 +30,16 @@ from corolet._corolet import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "CLOCKS_PER_SEC",
     "GREENLET_USE_CONTEXT_VARS",
     "GREENLET_USE_GC",
     "GREENLET_USE_STANDARD_THREADING",
     "GREENLET_USE_TRACING",
     "GreenletExit",
     "__version__",
+    "enable_optional_cleanup",
     "error",
+    "get_clocks_used_doing_optional_cleanup",
     "getcurrent",
     "gettrace",
     "greenlet",
