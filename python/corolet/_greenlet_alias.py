@@ -5,14 +5,14 @@ It carries the names of greenlet's own package namespace, backed by corolet.
 
 from corolet import _corolet
 from corolet._corolet import (
-    CLOCKS_PER_SEC,
+    CLOCKS_PER_SEC,  # noqa: F401 (provisional API greenlet's package exports)
     GREENLET_USE_CONTEXT_VARS,
     GREENLET_USE_GC,
     GREENLET_USE_TRACING,
     GreenletExit,
-    enable_optional_cleanup,
+    enable_optional_cleanup,  # noqa: F401
     error,
-    get_clocks_used_doing_optional_cleanup,
+    get_clocks_used_doing_optional_cleanup,  # noqa: F401
     getcurrent,
     gettrace,
     greenlet,
