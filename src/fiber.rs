@@ -26,6 +26,7 @@
 use std::cell::{Cell, UnsafeCell};
 use std::ptr;
 
+use corosensei::stack::Stack;
 use corosensei::{Coroutine, CoroutineResult, Yielder};
 
 use crate::stack::PooledStack;
@@ -56,6 +57,8 @@ pub struct Fiber<P: 'static> {
     yielder: Cell<*const Yielder<P, Hop<P>>>,
     /// High end of the stack while the fiber holds one, else 0.
     stack_top: Cell<usize>,
+    /// The stack's scratch area (see `stack.rs`), fixed for the fiber's life.
+    scratch: *mut u8,
 }
 
 impl<P: 'static> Fiber<P> {
@@ -65,11 +68,13 @@ impl<P: 'static> Fiber<P> {
     where
         F: FnOnce(P) -> Hop<P> + 'static,
     {
-        let top = stack.top();
+        let top = stack.base().get();
+        let scratch = stack.scratch();
         let fiber = Box::new(Fiber {
             coro: UnsafeCell::new(None),
             yielder: Cell::new(ptr::null()),
             stack_top: Cell::new(top),
+            scratch,
         });
         let this: *const Fiber<P> = &*fiber;
         let coro = Coroutine::with_stack(stack, move |yielder: &Yielder<P, Hop<P>>, first: P| {
@@ -101,6 +106,11 @@ impl<P: 'static> Fiber<P> {
         self.stack_top.get()
     }
 
+    /// The scratch area above the fiber's stack (`stack::SCRATCH_BYTES` bytes).
+    pub fn scratch(&self) -> *mut u8 {
+        self.scratch
+    }
+
     /// Suspends the running fiber, handing control to `hop.to` with `hop.payload`. Returns
     /// the payload of the hop that later names this fiber.
     ///
@@ -114,13 +124,15 @@ impl<P: 'static> Fiber<P> {
         unsafe { (*yielder).suspend(hop) }
     }
 
-    /// Lets go of a suspended fiber without running anything on its stack, and returns the
-    /// stack to the pool. Whatever the frames on that stack held is leaked.
+    /// Lets go of a suspended fiber without running anything on its stack. Whatever the
+    /// frames on that stack held is leaked. With `reuse_stack` the stack goes back to the
+    /// pool; without, it is leaked too (something may still point into it).
     ///
     /// # Safety
-    /// No frame on the fiber's stack may ever run again or be relied upon: its thread is
-    /// gone, or nothing will ever resume it. Must not be called while the fiber runs.
-    pub unsafe fn abandon(&self) {
+    /// No frame on the fiber's stack may ever run again: its thread is gone, or nothing will
+    /// ever resume it. With `reuse_stack`, nothing may point into the stack any more. Must
+    /// not be called while the fiber runs.
+    pub unsafe fn abandon(&self, reuse_stack: bool) {
         // SAFETY: the fiber is not running, so nobody else holds the coroutine.
         let slot = unsafe { &mut *self.coro.get() };
         if let Some(mut coro) = slot.take() {
@@ -128,8 +140,10 @@ impl<P: 'static> Fiber<P> {
                 // SAFETY: per the contract, nothing on that stack needs to run its drops.
                 unsafe { coro.force_reset() };
             }
-            if coro.done() || !coro.started() {
+            if reuse_stack {
                 drop_coroutine(coro);
+            } else {
+                std::mem::forget(coro);
             }
         }
         self.stack_top.set(0);
@@ -297,8 +311,8 @@ mod tests {
         // SAFETY: on the main stack.
         unsafe { run_from_main(&*fiber, 3) };
         // SAFETY: nothing on the suspended stack needs dropping (only integers and Rcs that
-        // we accept to leak).
-        unsafe { fiber.abandon() };
+        // we accept to leak), and nothing points into it.
+        unsafe { fiber.abandon(true) };
         assert!(fiber.finished());
         assert!(!ran_after.get());
     }

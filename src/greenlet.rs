@@ -143,6 +143,28 @@ impl Green {
         unsafe { green(main).thread.as_ref().is_some_and(|t| !t.alive()) }
     }
 
+    /// Lets go of a suspended greenlet that will never run again (its thread is gone, or the
+    /// interpreter is finalizing), without running its code. Its stack is reused unless a
+    /// frame object of its frames is still referenced elsewhere.
+    ///
+    /// # Safety
+    /// GIL held; the greenlet is not running and never will be.
+    pub unsafe fn abandon(&self) {
+        // SAFETY: GIL held; the fiber is not running.
+        unsafe {
+            let fiber = self.fiber_ptr();
+            if fiber.is_null() || !(*fiber).started() || (*fiber).finished() {
+                return;
+            }
+            let reuse = pystate::corolet_pystate_abandon(
+                self.state.as_ptr(),
+                (*fiber).scratch() as *mut c_void,
+            ) != 0;
+            (*fiber).abandon(reuse);
+            self.life.set(Life::Dead);
+        }
+    }
+
     /// Dead, or active in a thread that has exited.
     pub fn is_dead(&self) -> bool {
         self.life.get() == Life::Dead || (self.life.get() == Life::Active && self.thread_exited())
@@ -153,15 +175,10 @@ impl Drop for Green {
     fn drop(&mut self) {
         // SAFETY: runs in tp_dealloc with the GIL held; the pointers are owned references.
         unsafe {
-            let fiber = self.fiber.get_mut().take();
-            if let Some(fiber) = fiber {
-                if fiber.started() && !fiber.finished() {
-                    // Only reached for greenlets whose thread is gone or that could not be
-                    // killed: nothing on that stack may run again.
-                    fiber.abandon();
-                }
-                drop(fiber);
-            }
+            // Only reached with a suspended fiber for greenlets whose thread is gone or that
+            // could not be killed: nothing on that stack may run again.
+            self.abandon();
+            drop(self.fiber.get_mut().take());
             pystate::corolet_pystate_clear(self.state.as_ptr());
             for p in [&self.parent, &self.run, &self.starting_run, &self.main] {
                 let obj = p.replace(ptr::null_mut());
@@ -372,9 +389,7 @@ unsafe fn kill_on_dealloc(obj: *mut ffi::PyObject) -> bool {
         let alive = thread.as_ref().is_some_and(|t| t.alive());
         if pystate::corolet_is_finalizing() != 0 || !alive {
             // Nothing on that stack may run any more: let it go, leaking what its frames held.
-            if let Some(f) = (*g.fiber.get()).as_ref() {
-                f.abandon();
-            }
+            g.abandon();
             g.life.set(Life::Dead);
             return true;
         }
@@ -641,7 +656,14 @@ unsafe extern "C" fn get_frame(obj: *mut ffi::PyObject, _: *mut c_void) -> *mut 
         if g.running.get() || g.life.get() != Life::Active {
             return none();
         }
-        new_ref_or_none(pystate::corolet_pystate_frame(g.state.as_ptr()))
+        let frame = pystate::corolet_pystate_frame(g.state.as_ptr());
+        if frame.is_null() {
+            if !ffi::PyErr_Occurred().is_null() {
+                return NULL;
+            }
+            return none();
+        }
+        frame
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::ffi::{c_int, c_void};
 use std::ptr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use pyo3::exceptions::{PyImportError, PyValueError};
 use pyo3::ffi;
@@ -152,18 +152,16 @@ fn set_thread_local(
     dict.set_item(key, value)
 }
 
-static OPTIONAL_CLEANUP: AtomicBool = AtomicBool::new(true);
-
+/// Turns the optional clean-up after thread exit on or off (see `thread.rs`).
 #[pyfunction]
 fn enable_optional_cleanup(enabled: bool) {
-    OPTIONAL_CLEANUP.store(enabled, Ordering::Relaxed);
+    crate::thread::enable_optional_cleanup(enabled);
 }
 
-/// Processor time spent on optional clean-up after thread exit; corolet does none of
-/// greenlet's reference-guessing clean-up, so it is 0 (None when disabled).
+/// Processor clocks spent on the optional clean-up after thread exit (None when off).
 #[pyfunction]
-fn get_clocks_used_doing_optional_cleanup() -> Option<u64> {
-    OPTIONAL_CLEANUP.load(Ordering::Relaxed).then_some(0)
+fn get_clocks_used_doing_optional_cleanup() -> Option<usize> {
+    crate::thread::clocks_used_doing_optional_cleanup()
 }
 
 unsafe extern "C" fn get_flag(obj: *mut ffi::PyObject, which: *mut c_void) -> *mut ffi::PyObject {

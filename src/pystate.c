@@ -34,6 +34,13 @@
 #define PY312 (PY_VERSION_HEX >= 0x030C0000)
 #define PY313 (PY_VERSION_HEX >= 0x030D0000)
 
+#if PY311
+/* The interpreter-frame layout, to walk an abandoned greenlet's frames. Only this file
+ * sees CPython's internals. */
+#define Py_BUILD_CORE 1
+#include "internal/pycore_frame.h"
+#endif
+
 typedef struct {
 #if PY313
     struct _PyInterpreterFrame *current_frame;
@@ -60,7 +67,6 @@ typedef struct {
     _PyErr_StackItem *exc_info;
     _PyErr_StackItem exc_state; /* by value: owns its exception references */
     PyObject *context;          /* owned */
-    PyObject *top_frame;        /* owned while suspended: the frame gr_frame reports */
 } corolet_pystate;
 
 /* The Rust side reserves this many bytes for the blob (see pystate.rs). */
@@ -75,24 +81,9 @@ size_t corolet_pystate_size(void) { return sizeof(corolet_pystate); }
 #define C_LIMIT C_RECURSION_LIMIT
 #endif
 
-/* The frame of the innermost Python code running now, created if needed, as a new
- * reference (NULL if there is none). Creating a frame object allocates, and an allocation
- * can run the garbage collector, whose finalizers could switch greenlets in the middle of
- * this one: keep the collector off meanwhile. */
-static PyObject *current_frame_object(PyThreadState *ts)
-{
-    int was_enabled = PyGC_Disable();
-    PyFrameObject *frame = PyThreadState_GetFrame(ts);
-    if (was_enabled) {
-        PyGC_Enable();
-    }
-    return (PyObject *)frame;
-}
-
 void corolet_pystate_save(corolet_pystate *s)
 {
     PyThreadState *ts = PyThreadState_GET();
-    s->top_frame = current_frame_object(ts);
 #if PY313
     s->current_frame = ts->current_frame;
     s->py_depth = ts->py_recursion_limit - ts->py_recursion_remaining;
@@ -170,18 +161,16 @@ void corolet_pystate_restore(corolet_pystate *s)
     ts->context = s->context;
     ts->context_ver++;
     s->context = NULL;
-    /* Still owned by its running interpreter frame, so this never frees it. */
-    Py_CLEAR(s->top_frame);
 }
 
-/* Frees the frame data-stack chunks of a greenlet that has finished. CPython never pops a
- * root chunk itself; they come from the object arena allocator. */
+/* Frees the frame data-stack chunks CPython allocated for a greenlet (from the object arena
+ * allocator), stopping at `root`, the chunk we placed in the greenlet's own stack mapping. */
 #if PY311
-static void free_datastack(_PyStackChunk *chunk)
+static void free_datastack(_PyStackChunk *chunk, void *root)
 {
     PyObjectArenaAllocator alloc;
     PyObject_GetArenaAllocator(&alloc);
-    while (chunk != NULL) {
+    while (chunk != NULL && (void *)chunk != root) {
         _PyStackChunk *previous = chunk->previous;
         if (alloc.free != NULL) {
             alloc.free(alloc.ctx, chunk, chunk->size);
@@ -195,10 +184,14 @@ static void free_datastack(_PyStackChunk *chunk)
  * Runs body(arg) as the first code of a new greenlet, on its own stack: with no frame below
  * it, an empty exception stack, no context, its own data stack, the recursion depth of the
  * greenlet that started it, and the context *s holds (if one was given before the start).
+ * On 3.11+ the data stack starts in `root` (`root_size` bytes, in the greenlet's own stack
+ * mapping, so a new greenlet costs no allocation); deeper calls spill into chunks CPython
+ * allocates and frees itself.
  * When body returns, the greenlet's data stack is freed, what it still owns (its context) is
  * moved into *s, and the thread state points at nothing of this stack any more. The caller switches away right after, restoring another greenlet.
  */
-void corolet_pystate_run_fresh(void (*body)(void *), void *arg, corolet_pystate *s)
+void corolet_pystate_run_fresh(void (*body)(void *), void *arg, corolet_pystate *s, void *root,
+                               size_t root_size)
 {
     PyThreadState *ts = PyThreadState_GET();
 #if PY313
@@ -224,9 +217,18 @@ void corolet_pystate_run_fresh(void (*body)(void *), void *arg, corolet_pystate 
 #endif
 #endif
 #if PY311
-    ts->datastack_chunk = NULL;
-    ts->datastack_top = NULL;
-    ts->datastack_limit = NULL;
+    _PyStackChunk *chunk = (_PyStackChunk *)root;
+    chunk->previous = NULL;
+    chunk->size = root_size;
+    chunk->top = 0;
+    ts->datastack_chunk = chunk;
+    /* Slot 0 stays unused, as in CPython's own root chunks: a frame at data[0] would make
+     * CPython pop (and free) the chunk. */
+    ts->datastack_top = &chunk->data[1];
+    ts->datastack_limit = (PyObject **)((char *)chunk + root_size);
+#else
+    (void)root;
+    (void)root_size;
 #endif
     ts->exc_state.exc_value = NULL;
 #if !PY311
@@ -242,7 +244,7 @@ void corolet_pystate_run_fresh(void (*body)(void *), void *arg, corolet_pystate 
     body(arg);
 
 #if PY311
-    free_datastack(ts->datastack_chunk);
+    free_datastack(ts->datastack_chunk, root);
     ts->datastack_chunk = NULL;
     ts->datastack_top = NULL;
     ts->datastack_limit = NULL;
@@ -263,11 +265,51 @@ void corolet_pystate_run_fresh(void (*body)(void *), void *arg, corolet_pystate 
     ts->exc_info = &ts->exc_state;
 }
 
+/*
+ * A suspended greenlet will never run again (its thread is gone, or the interpreter is
+ * shutting down): drop what its saved state holds and decide whether the memory its frames
+ * live in (its native stack and data stack) may be reused. It may not if a frame object of
+ * one of its frames is referenced from elsewhere (a traceback, gr_frame kept by the user):
+ * that object points into the memory. Otherwise its frame objects, which only the abandoned
+ * frames own, are taken out of the garbage collector's view (they leak, with what those
+ * frames held), the data-stack chunks CPython allocated are freed, and 1 is returned.
+ */
+int corolet_pystate_abandon(corolet_pystate *s, void *root)
+{
+    Py_CLEAR(s->context);
+#if PY311
+#if PY313
+    struct _PyInterpreterFrame *top = s->current_frame;
+#else
+    struct _PyInterpreterFrame *top = s->cframe ? s->cframe->current_frame : NULL;
+#endif
+    struct _PyInterpreterFrame *f;
+    for (f = top; f != NULL; f = f->previous) {
+        if (f->owner == FRAME_OWNED_BY_THREAD && f->frame_obj != NULL &&
+            Py_REFCNT(f->frame_obj) > 1) {
+            return 0;
+        }
+    }
+    for (f = top; f != NULL; f = f->previous) {
+        if (f->owner == FRAME_OWNED_BY_THREAD && f->frame_obj != NULL &&
+            PyObject_GC_IsTracked((PyObject *)f->frame_obj)) {
+            PyObject_GC_UnTrack(f->frame_obj);
+        }
+    }
+    free_datastack(s->datastack_chunk, root);
+    s->datastack_chunk = NULL;
+    s->datastack_top = NULL;
+    s->datastack_limit = NULL;
+#else
+    (void)root;
+#endif
+    return 1;
+}
+
 /* Drops the references a saved state holds (a greenlet that will never run again). */
 void corolet_pystate_clear(corolet_pystate *s)
 {
     Py_CLEAR(s->context);
-    Py_CLEAR(s->top_frame);
     Py_CLEAR(s->exc_state.exc_value);
 #if !PY311
     Py_CLEAR(s->exc_state.exc_type);
@@ -297,8 +339,40 @@ void corolet_pystate_set_context(corolet_pystate *s, PyObject *context)
     Py_XDECREF(old);
 }
 
-/* Borrowed: the frame a suspended greenlet will resume in, or NULL. */
-PyObject *corolet_pystate_frame(const corolet_pystate *s) { return s->top_frame; }
+/*
+ * The frame a suspended greenlet will resume in, as a new reference; NULL if it has no
+ * Python frame (or, with an exception set, if the frame object could not be made). Frame
+ * objects are made on demand, not at every switch: CPython makes them for the current frame
+ * only, so the suspended frame is made current for that one call, with the garbage collector
+ * off so that no Python code can run meanwhile.
+ */
+PyObject *corolet_pystate_frame(const corolet_pystate *s)
+{
+#if PY311
+    PyThreadState *ts = PyThreadState_GET();
+#if PY313
+    struct _PyInterpreterFrame *suspended = s->current_frame;
+    struct _PyInterpreterFrame **slot = &ts->current_frame;
+#else
+    struct _PyInterpreterFrame *suspended = s->cframe ? s->cframe->current_frame : NULL;
+    struct _PyInterpreterFrame **slot = &ts->cframe->current_frame;
+#endif
+    if (suspended == NULL) {
+        return NULL;
+    }
+    struct _PyInterpreterFrame *running = *slot;
+    int was_enabled = PyGC_Disable();
+    *slot = suspended;
+    PyFrameObject *frame = PyThreadState_GetFrame(ts);
+    *slot = running;
+    if (was_enabled) {
+        PyGC_Enable();
+    }
+    return (PyObject *)frame;
+#else
+    return Py_XNewRef((PyObject *)s->frame);
+#endif
+}
 
 /* Borrowed: the running greenlet's context, or NULL. */
 PyObject *corolet_tstate_context(void) { return PyThreadState_GET()->context; }
@@ -368,3 +442,6 @@ void corolet_set_refcnt(PyObject *obj, Py_ssize_t refcnt) { Py_SET_REFCNT(obj, r
 #include <time.h>
 /* The C library's CLOCKS_PER_SEC, for greenlet's provisional clean-up API. */
 long corolet_clocks_per_sec(void) { return (long)CLOCKS_PER_SEC; }
+
+/* The C library's clock(), in CLOCKS_PER_SEC units. */
+long corolet_clock(void) { return (long)clock(); }

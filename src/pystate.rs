@@ -44,8 +44,13 @@ extern "C" {
     pub fn corolet_pystate_run_fresh(
         body: unsafe extern "C" fn(*mut c_void),
         arg: *mut c_void,
-        final_state: *mut PyState,
+        state: *mut PyState,
+        root_chunk: *mut c_void,
+        root_chunk_size: usize,
     );
+    /// Lets go of a suspended greenlet that will never run again; 1 if the memory its frames
+    /// live in may be reused (see `pystate.c`).
+    pub fn corolet_pystate_abandon(s: *mut PyState, root_chunk: *mut c_void) -> i32;
     /// Drops the references held by `s`.
     pub fn corolet_pystate_clear(s: *mut PyState);
     /// GC traversal of the references held by `s`.
@@ -54,7 +59,8 @@ extern "C" {
     pub fn corolet_pystate_context(s: *const PyState) -> *mut ffi::PyObject;
     /// Replaces the saved context, stealing a reference.
     pub fn corolet_pystate_set_context(s: *mut PyState, context: *mut ffi::PyObject);
-    /// Borrowed frame a suspended greenlet resumes in (or null).
+    /// The frame a suspended greenlet resumes in: a new reference, or null (with an
+    /// exception set only on failure).
     pub fn corolet_pystate_frame(s: *const PyState) -> *mut ffi::PyObject;
     /// Borrowed context of the running greenlet (or null).
     pub fn corolet_tstate_context() -> *mut ffi::PyObject;
@@ -70,6 +76,8 @@ extern "C" {
     pub fn corolet_leave_tracing();
     /// `Py_SET_REFCNT`.
     pub fn corolet_set_refcnt(obj: *mut ffi::PyObject, refcnt: ffi::Py_ssize_t);
+    /// The C library's `clock()`.
+    pub fn corolet_clock() -> std::ffi::c_long;
     /// The C library's `CLOCKS_PER_SEC`.
     pub fn corolet_clocks_per_sec() -> std::ffi::c_long;
     /// Whether the interpreter is finalizing.

@@ -15,9 +15,14 @@
 //! those, the touched pages are handed back to the OS with `MADV_DONTNEED` before the stack is
 //! listed. Slabs are never unmapped: their address space is reused.
 //!
+//! Scratch area: the top `SCRATCH_BYTES` of every slot are not part of the native stack but a
+//! small area the layer above may use for data that lives exactly as long as the stack (the
+//! interpreter's first data-stack chunk). It shares its page with the top of the stack, so a
+//! parked greenlet that uses both touches as few pages as possible.
+//!
 //! Invariants: a `PooledStack` is owned by exactly one coroutine (or by the free list); its
-//! `base()` is the high end of the usable range and `limit()` the low end of its guard page,
-//! both page aligned. This module knows nothing of Python.
+//! `base()` is the low end of the scratch area and `limit()` the low end of its guard page,
+//! both 16-byte aligned. This module knows nothing of Python.
 
 use std::io;
 use std::sync::Mutex;
@@ -30,6 +35,9 @@ const SLOTS_PER_SLAB: usize = 64;
 const WARM_STACKS: usize = 32;
 /// `MADV_GUARD_INSTALL` (Linux 6.13+); not yet in every libc crate release.
 const MADV_GUARD_INSTALL: libc::c_int = 102;
+
+/// Bytes at the top of each stack set aside as its scratch area.
+pub const SCRATCH_BYTES: usize = 2048;
 
 /// The smallest usable stack size accepted by `set_stack_size`.
 pub const MIN_STACK_SIZE: usize = 64 * 1024;
@@ -62,18 +70,24 @@ impl PooledStack {
         self.size
     }
 
-    /// Highest address of the stack (exclusive): where it starts growing down from.
+    /// Highest address of the slot (exclusive).
     pub fn top(&self) -> usize {
         self.guard + page_size() + self.size
+    }
+
+    /// The scratch area: `SCRATCH_BYTES` bytes at the top of the slot, above the stack.
+    pub fn scratch(&self) -> *mut u8 {
+        (self.top() - SCRATCH_BYTES) as *mut u8
     }
 }
 
 // SAFETY: the slot is a valid mapping of `guard page + size` bytes that stays mapped for the
-// life of the process; the guard page faults on access; `size >= MIN_STACK_SIZE > 4096`; both
-// addresses are page aligned, hence 16-byte aligned.
+// life of the process; the guard page faults on access; the stack proper, below the scratch
+// area, has `size - SCRATCH_BYTES >= MIN_STACK_SIZE - SCRATCH_BYTES > 4096` bytes; both
+// addresses are 16-byte aligned (page aligned, and a page minus SCRATCH_BYTES).
 unsafe impl Stack for PooledStack {
     fn base(&self) -> StackPointer {
-        StackPointer::new(self.top()).expect("stack top is never 0")
+        StackPointer::new(self.top() - SCRATCH_BYTES).expect("stack base is never 0")
     }
 
     fn limit(&self) -> StackPointer {
@@ -333,7 +347,11 @@ mod tests {
         assert_ne!(a.guard, b.guard);
         assert_eq!(a.base().get() % 16, 0);
         assert_eq!(a.limit().get() % page_size(), 0);
-        assert_eq!(a.base().get() - a.limit().get(), a.size() + page_size());
+        assert_eq!(
+            a.base().get() - a.limit().get(),
+            a.size() + page_size() - SCRATCH_BYTES
+        );
+        assert_eq!(a.scratch() as usize, a.base().get());
         // The top page of the usable range is writable.
         let top = (a.top() - 8) as *mut u64;
         // SAFETY: inside the usable range of a stack we own.

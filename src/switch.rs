@@ -402,10 +402,13 @@ fn fiber_main(g: *mut ffi::PyObject, first: Payload) -> Hop<Payload> {
     // SAFETY: GIL held; `g` is alive (the thread's current reference is taken right away) and
     // its state blob is only touched by this thread.
     unsafe {
+        let gr = green(g);
         pystate::corolet_pystate_run_fresh(
             trampoline,
             &mut start as *mut Start as *mut c_void,
-            green(g).state.as_ptr(),
+            gr.state.as_ptr(),
+            (*gr.fiber_ptr()).scratch() as *mut c_void,
+            stack::SCRATCH_BYTES,
         );
     }
     start
