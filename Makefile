@@ -15,7 +15,7 @@ PYS ?= /root/.pyenv/versions/3.10.13/bin/python /root/.pyenv/versions/3.11.7/bin
        /root/.pyenv/versions/3.12.1/bin/python /root/.pyenv/versions/3.13.0/bin/python
 export CARGO_TARGET_DIR := $(CARGO_TARGET)
 
-.PHONY: demo test test-all venv build cargo-test lint pytest upstream bench-fast bench valgrind clean
+.PHONY: demo test test-all venv build cargo-test lint pytest upstream valgrind clean
 
 $(VENV)/.stamp: tests/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,15 @@ test: build cargo-test lint pytest upstream
 
 test-all:
 	set -e; for p in $(PYS); do $(MAKE) --no-print-directory test PYTHON=$$p; done
+
+# Memory errors under valgrind: fails on any invalid read, write or free, or on memory
+# definitely lost. CPython's own start-up noise is suppressed in tools/valgrind.supp.
+valgrind: build
+	PYTHONMALLOC=malloc valgrind --leak-check=full --show-leak-kinds=definite \
+	    --errors-for-leak-kinds=definite --suppressions=tools/valgrind.supp \
+	    --log-file=$(CARGO_TARGET)/valgrind.log $(VPY) tools/valgrind_smoke.py
+	@grep -E "ERROR SUMMARY|definitely lost" $(CARGO_TARGET)/valgrind.log
+	@! grep -E "Invalid (read|write|free)|definitely lost: [1-9]" $(CARGO_TARGET)/valgrind.log
 
 clean:
 	rm -rf target .venv-* .cache

@@ -848,7 +848,7 @@ unsafe extern "C" fn getstate(
 // The type object.
 
 fn leak<T>(v: Vec<T>) -> *mut T {
-    Box::leak(v.into_boxed_slice()).as_mut_ptr()
+    crate::pyerr::keep_forever(v.into_boxed_slice()).cast::<T>()
 }
 
 fn getset(
@@ -961,7 +961,7 @@ pub unsafe fn init_type(
         ),
         slot(0, ptr::null_mut()),
     ]);
-    let spec = Box::leak(Box::new(ffi::PyType_Spec {
+    let spec = crate::pyerr::keep_forever(Box::new(ffi::PyType_Spec {
         name: c"greenlet.greenlet".as_ptr(),
         basicsize: std::mem::size_of::<PyGreenlet>() as c_int,
         itemsize: 0,

@@ -16,7 +16,7 @@ use pyo3::types::PyType;
 
 use crate::greenlet::{self, globals, green};
 use crate::messages as msg;
-use crate::pyerr::{guard, new_ref_or_none, set_error, NULL};
+use crate::pyerr::{guard, keep_forever, new_ref_or_none, set_error, NULL};
 use crate::pystate;
 use crate::stack;
 use crate::thread::{ThreadState, MAIN_GREENLETS};
@@ -91,7 +91,7 @@ fn raw_function(
     flags: c_int,
     doc: &'static std::ffi::CStr,
 ) -> PyResult<Py<PyAny>> {
-    let def = Box::leak(Box::new(ffi::PyMethodDef {
+    let def = keep_forever(Box::new(ffi::PyMethodDef {
         ml_name: name.as_ptr(),
         ml_meth: ffi::PyMethodDefPointer { PyCFunction: meth },
         ml_flags: flags,
@@ -204,7 +204,7 @@ unsafe extern "C" fn set_flag(
 
 /// `UnswitchableGreenlet`: a greenlet whose switches can be made to fail, for tests.
 fn unswitchable_type(py: Python<'_>, base: *mut ffi::PyTypeObject) -> PyResult<Py<PyAny>> {
-    let getsets = Box::leak(Box::new([
+    let getsets = keep_forever(Box::new([
         ffi::PyGetSetDef {
             name: c"force_switch_error".as_ptr(),
             get: Some(get_flag),
@@ -227,23 +227,23 @@ fn unswitchable_type(py: Python<'_>, base: *mut ffi::PyTypeObject) -> PyResult<P
             closure: ptr::null_mut(),
         },
     ]));
-    let slots = Box::leak(Box::new([
+    let slots = keep_forever(Box::new([
         ffi::PyType_Slot {
             slot: ffi::Py_tp_getset,
-            pfunc: getsets.as_mut_ptr() as *mut c_void,
+            pfunc: getsets as *mut c_void,
         },
         ffi::PyType_Slot {
             slot: 0,
             pfunc: ptr::null_mut(),
         },
     ]));
-    let spec = Box::leak(Box::new(ffi::PyType_Spec {
+    let spec = keep_forever(Box::new(ffi::PyType_Spec {
         name: c"greenlet._greenlet.UnswitchableGreenlet".as_ptr(),
         basicsize: 0,
         itemsize: 0,
         // The GC flag and slots are inherited from the base.
         flags: (ffi::Py_TPFLAGS_DEFAULT | ffi::Py_TPFLAGS_BASETYPE) as _,
-        slots: slots.as_mut_ptr(),
+        slots: slots.cast::<ffi::PyType_Slot>(),
     }));
     // SAFETY: GIL held; leaked spec; `base` is our live type.
     unsafe {

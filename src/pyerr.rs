@@ -212,5 +212,18 @@ pub unsafe fn new_ref_or_none(obj: *mut ffi::PyObject) -> *mut ffi::PyObject {
     }
 }
 
+/// Addresses of allocations kept for the life of the process (type specs, method tables),
+/// held here so that leak checkers see them as reachable, not lost.
+static KEPT: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+
+/// Keeps `value` for the life of the process and returns a pointer to it.
+pub fn keep_forever<T: ?Sized>(value: Box<T>) -> *mut T {
+    let ptr = Box::into_raw(value);
+    KEPT.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(ptr.cast::<u8>() as usize);
+    ptr
+}
+
 /// Null pointer shorthand.
 pub const NULL: *mut ffi::PyObject = ptr::null_mut();
