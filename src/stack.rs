@@ -37,7 +37,7 @@ const WARM_STACKS: usize = 32;
 const MADV_GUARD_INSTALL: libc::c_int = 102;
 
 /// Bytes at the top of each stack set aside as its scratch area.
-pub const SCRATCH_BYTES: usize = 2048;
+pub const SCRATCH_BYTES: usize = 1024;
 
 /// The smallest usable stack size accepted by `set_stack_size`.
 pub const MIN_STACK_SIZE: usize = 64 * 1024;
