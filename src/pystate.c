@@ -301,7 +301,20 @@ int corolet_pystate_abandon(corolet_pystate *s, void *root)
     s->datastack_top = NULL;
     s->datastack_limit = NULL;
 #else
+    /* 3.10: frames are heap objects, each owned by the evaluation call on the abandoned
+     * stack that runs it (generator frames excepted: their generator owns them). Drop
+     * those owners' references: unreferenced frames are freed with their locals, frames
+     * still referenced elsewhere stay valid (nothing of theirs lives on the stack). */
     (void)root;
+    PyFrameObject *f = s->frame;
+    s->frame = NULL;
+    while (f != NULL) {
+        PyFrameObject *back = f->f_back; /* kept alive by its own evaluation call */
+        if (f->f_gen == NULL) {
+            Py_DECREF(f);
+        }
+        f = back;
+    }
 #endif
     return 1;
 }
