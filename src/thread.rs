@@ -74,33 +74,85 @@ static DEAD_THREADS: Mutex<Vec<DeadState>> = Mutex::new(Vec::new());
 /// Set while `DEAD_THREADS` may be non-empty: checked on every greenlet entry point.
 static DEAD_PENDING: AtomicBool = AtomicBool::new(false);
 
-/// Marks the thread dead when it exits and hands its state over to be released. Runs after
-/// the thread's Python state is gone, without the GIL: it touches no Python object.
+/// Hands the thread's state over to be released, once, when the thread ends. Two things
+/// notice the end: the thread-state dictionary being cleared (a capsule we keep there is
+/// destroyed, with the GIL, before `Thread.join()` returns), and, as a fallback for threads
+/// that never had one, the thread-local guard's destructor at OS-thread exit (without the
+/// GIL, after Python's state for the thread is gone). Either way only atomics and our own
+/// queue are touched; the Python objects are released later under the GIL.
 struct ExitGuard(Cell<*const ThreadState>);
 
 impl Drop for ExitGuard {
     fn drop(&mut self) {
-        let state = self.0.replace(ptr::null());
-        if state.is_null() {
+        hand_over(self.0.replace(ptr::null()));
+    }
+}
+
+fn hand_over(state: *const ThreadState) {
+    if state.is_null() {
+        return;
+    }
+    let _ = STATE.try_with(|s| {
+        if s.get() == state {
+            s.set(ptr::null());
+        }
+    });
+    // SAFETY: the state is leaked for the life of the thread, which is ending; only its
+    // atomics are touched here.
+    unsafe { (*state).shared.as_ref() }
+        .alive
+        .store(false, Ordering::Release);
+    let mut dead = DEAD_THREADS.lock().unwrap_or_else(|e| e.into_inner());
+    dead.push(DeadState(state));
+    let first = dead.len() == 1;
+    drop(dead);
+    DEAD_PENDING.store(true, Ordering::Release);
+    // SAFETY: both calls are documented as callable without a thread state or the GIL.
+    unsafe {
+        if first && ffi::Py_IsInitialized() != 0 && crate::pystate::corolet_is_finalizing() == 0 {
+            ffi::Py_AddPendingCall(Some(release_dead_threads_cb), ptr::null_mut());
+        }
+    }
+}
+
+const SENTINEL_NAME: &std::ffi::CStr = c"corolet.thread";
+
+unsafe extern "C" fn sentinel_destroyed(capsule: *mut ffi::PyObject) {
+    // SAFETY: called by CPython when the capsule we made is freed.
+    let state = unsafe { ffi::PyCapsule_GetPointer(capsule, SENTINEL_NAME.as_ptr()) };
+    let state = state as *const ThreadState;
+    let _ = EXIT.try_with(|g| {
+        if g.0.get() == state {
+            g.0.set(ptr::null());
+            hand_over(state);
+        }
+    });
+}
+
+/// Puts the sentinel capsule into the thread-state dictionary (best effort).
+///
+/// # Safety
+/// GIL held; `state` is this thread's new state.
+unsafe fn install_sentinel(state: *const ThreadState) {
+    // SAFETY: GIL held; the dictionary is borrowed, the capsule ours.
+    unsafe {
+        let dict = ffi::PyThreadState_GetDict();
+        if dict.is_null() {
             return;
         }
-        // SAFETY: the state is leaked for the life of the thread, which is ending; only its
-        // atomics are touched here.
-        unsafe { (*state).shared.as_ref() }
-            .alive
-            .store(false, Ordering::Release);
-        let mut dead = DEAD_THREADS.lock().unwrap_or_else(|e| e.into_inner());
-        dead.push(DeadState(state));
-        let first = dead.len() == 1;
-        drop(dead);
-        DEAD_PENDING.store(true, Ordering::Release);
-        // SAFETY: both calls are documented as callable without a thread state or the GIL.
-        unsafe {
-            if first && ffi::Py_IsInitialized() != 0 && crate::pystate::corolet_is_finalizing() == 0
-            {
-                ffi::Py_AddPendingCall(Some(release_dead_threads_cb), ptr::null_mut());
-            }
+        let capsule = ffi::PyCapsule_New(
+            state as *mut std::ffi::c_void,
+            SENTINEL_NAME.as_ptr(),
+            Some(sentinel_destroyed),
+        );
+        if capsule.is_null() {
+            ffi::PyErr_Clear();
+            return;
         }
+        if ffi::PyDict_SetItemString(dict, c"__corolet_thread__".as_ptr(), capsule) < 0 {
+            ffi::PyErr_Clear();
+        }
+        ffi::Py_DECREF(capsule);
     }
 }
 
@@ -288,6 +340,8 @@ impl ThreadState {
         // The state and the references it holds are kept for the life of the thread, then
         // handed over to be released.
         let _ = EXIT.try_with(|g| g.0.set(state));
+        // SAFETY: GIL held by contract.
+        unsafe { install_sentinel(state) };
         STATE.with(|s| s.set(state));
         // SAFETY: marking the main greenlet as running on this thread.
         unsafe { crate::greenlet::green(main).running.set(true) };
