@@ -59,6 +59,7 @@ pub struct Fiber<P: 'static> {
     stack_top: Cell<usize>,
     /// The stack's scratch area (see `stack.rs`), fixed for the fiber's life.
     scratch: *mut u8,
+    stack_size: usize,
 }
 
 impl<P: 'static> Fiber<P> {
@@ -70,11 +71,13 @@ impl<P: 'static> Fiber<P> {
     {
         let top = stack.base().get();
         let scratch = stack.scratch();
+        let stack_size = stack.base().get() - stack.limit().get() - crate::stack::page_size();
         let fiber = Box::new(Fiber {
             coro: UnsafeCell::new(None),
             yielder: Cell::new(ptr::null()),
             stack_top: Cell::new(top),
             scratch,
+            stack_size,
         });
         let this: *const Fiber<P> = &*fiber;
         let coro = Coroutine::with_stack(stack, move |yielder: &Yielder<P, Hop<P>>, first: P| {
@@ -104,6 +107,11 @@ impl<P: 'static> Fiber<P> {
     /// High end of the fiber's stack, or 0 once it has finished.
     pub fn stack_top(&self) -> usize {
         self.stack_top.get()
+    }
+
+    /// Usable bytes of the fiber's stack (below the scratch area).
+    pub fn stack_size(&self) -> usize {
+        self.stack_size
     }
 
     /// The scratch area above the fiber's stack (`stack::SCRATCH_BYTES` bytes).

@@ -5,6 +5,7 @@
 //! - [`stack`]: pooled native stacks carved from large slabs, with guard pages (no Python).
 //! - [`fiber`]: symmetric switching between a thread's main context and its fibers, on top
 //!   of corosensei's asymmetric coroutines (no Python).
+//! - [`overflow`]: a clear message when a greenlet overflows its stack (signal handler).
 //! - [`pystate`]: the per-greenlet part of CPython's thread state, saved and restored by a
 //!   C file compiled against the interpreter's own headers (`pystate.c`).
 //! - [`pyerr`]: the error indicator as a value, panic guards, reference helpers.
@@ -15,6 +16,7 @@
 //! - [`module`]: the `corolet._corolet` Python module.
 
 pub mod fiber;
+pub mod overflow;
 pub mod stack;
 
 pub mod pyerr;

@@ -116,6 +116,24 @@ fn stack_size(size: Option<usize>) -> PyResult<usize> {
     }
 }
 
+/// Figures about the native stack pool: stacks in use, slabs mapped, how guard pages are
+/// installed (`"madvise"`: no extra mapping per stack; `"mprotect"`: one; None: no slab yet).
+#[pyfunction]
+fn _stack_stats(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
+    let stats = stack::pool_stats();
+    let d = pyo3::types::PyDict::new(py);
+    d.set_item("live", stats.live)?;
+    d.set_item("slabs", stats.slabs)?;
+    d.set_item(
+        "guard",
+        stats.guard_kind.map(|k| match k {
+            stack::GuardKind::Madvise => "madvise",
+            stack::GuardKind::Mprotect => "mprotect",
+        }),
+    )?;
+    Ok(d)
+}
+
 /// Exited threads whose greenlets are still to be released.
 #[pyfunction]
 fn get_pending_cleanup_count() -> usize {
@@ -302,6 +320,7 @@ fn new_exception(
 fn corolet_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     check_interpreter(py)?;
+    crate::overflow::install();
     // SAFETY: GIL held; the exception classes are kept forever by the module globals.
     let (exit, error) = unsafe {
         (
@@ -372,6 +391,7 @@ fn corolet_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     m.add("UnswitchableGreenlet", unswitchable_type(py, ty)?)?;
     m.add_function(wrap_pyfunction!(stack_size, m)?)?;
+    m.add_function(wrap_pyfunction!(_stack_stats, m)?)?;
     m.add_function(wrap_pyfunction!(get_pending_cleanup_count, m)?)?;
     m.add_function(wrap_pyfunction!(get_total_main_greenlets, m)?)?;
     #[cfg(not(Py_3_13))]

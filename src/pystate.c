@@ -186,14 +186,22 @@ static void free_datastack(_PyStackChunk *chunk, void *root)
  * greenlet that started it, and the context *s holds (if one was given before the start).
  * On 3.11+ the data stack starts in `root` (`root_size` bytes, in the greenlet's own stack
  * mapping, so a new greenlet costs no allocation); deeper calls spill into chunks CPython
- * allocates and frees itself.
+ * allocates and frees itself. On 3.12+, where C recursion has its own counter, the greenlet
+ * gets `c_levels` levels of it at most (what its stack can hold).
  * When body returns, the greenlet's data stack is freed, what it still owns (its context) is
  * moved into *s, and the thread state points at nothing of this stack any more. The caller switches away right after, restoring another greenlet.
  */
 void corolet_pystate_run_fresh(void (*body)(void *), void *arg, corolet_pystate *s, void *root,
-                               size_t root_size)
+                               size_t root_size, int c_levels)
 {
     PyThreadState *ts = PyThreadState_GET();
+#if PY312
+    /* A new stack: the C recursion budget is the interpreter's limit, or what this stack
+     * can hold if that is less, so deep C recursion raises RecursionError, not a crash. */
+    ts->c_recursion_remaining = c_levels < C_LIMIT ? c_levels : C_LIMIT;
+#else
+    (void)c_levels;
+#endif
 #if PY313
     ts->current_frame = NULL;
     ts->delete_later = NULL;

@@ -47,6 +47,7 @@ extern "C" {
         state: *mut PyState,
         root_chunk: *mut c_void,
         root_chunk_size: usize,
+        c_levels: i32,
     );
     /// Lets go of a suspended greenlet that will never run again; 1 if the memory its frames
     /// live in may be reused (see `pystate.c`).

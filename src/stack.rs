@@ -25,6 +25,7 @@
 //! both 16-byte aligned. This module knows nothing of Python.
 
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use corosensei::stack::{Stack, StackPointer};
@@ -219,6 +220,7 @@ impl Pool {
             }
         }
         self.slabs += 1;
+        record_slab(base, slot, size);
         let class = self.class(size);
         // Fresh stacks go below the warm ones: they hold no pages yet.
         let warm = class.warm;
@@ -253,8 +255,47 @@ impl Pool {
     }
 }
 
-/// Default usable stack size for new greenlets.
-pub const DEFAULT_STACK_SIZE: usize = 2 * 1024 * 1024;
+/// Slabs recorded for the fault handler: base, slot size, usable size; lock-free so that a
+/// signal handler may read it. Entries are written before `SLAB_COUNT` publishes them.
+const MAX_SLABS: usize = 1 << 16;
+static SLAB_TABLE: [[AtomicUsize; 3]; MAX_SLABS] =
+    [const { [const { AtomicUsize::new(0) }; 3] }; MAX_SLABS];
+static SLAB_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+fn record_slab(base: usize, slot: usize, size: usize) {
+    // Called with the pool lock held: one writer at a time.
+    let i = SLAB_COUNT.load(Ordering::Relaxed);
+    if i >= MAX_SLABS {
+        return;
+    }
+    SLAB_TABLE[i][0].store(base, Ordering::Relaxed);
+    SLAB_TABLE[i][1].store(slot, Ordering::Relaxed);
+    SLAB_TABLE[i][2].store(size, Ordering::Relaxed);
+    SLAB_COUNT.store(i + 1, Ordering::Release);
+}
+
+/// If `addr` lies in the guard page of one of our stacks, that stack's usable size.
+/// Async-signal-safe (no locks, no allocation).
+pub fn guard_page_stack_size(addr: usize) -> Option<usize> {
+    let page = page_size();
+    let count = SLAB_COUNT.load(Ordering::Acquire).min(MAX_SLABS);
+    SLAB_TABLE[..count].iter().find_map(|entry| {
+        let base = entry[0].load(Ordering::Relaxed);
+        let slot = entry[1].load(Ordering::Relaxed);
+        let in_slab = addr >= base && addr < base + slot * SLOTS_PER_SLAB;
+        (in_slab && (addr - base) % slot < page).then(|| entry[2].load(Ordering::Relaxed))
+    })
+}
+
+/// Default usable stack size for new greenlets: a thread's, so that recursion which raises
+/// `RecursionError` on a thread raises it in a greenlet too. It is only reserved; a parked
+/// greenlet touches a page or two of it, and page tables cost the same (one page-table page
+/// per stack) for any size from 2 MiB up.
+pub const DEFAULT_STACK_SIZE: usize = 8 * 1024 * 1024;
+
+/// Native stack a level of C recursion is assumed to need at most, for interpreters that
+/// count C recursion separately (3.12+): a greenlet's budget is its stack size over this.
+pub const BYTES_PER_C_LEVEL: usize = 512;
 
 fn current_size(pool: &Pool) -> usize {
     if pool.stack_size == 0 {
@@ -378,6 +419,19 @@ mod tests {
     fn too_small_stack_size_is_refused() {
         let _serial = serial();
         assert!(set_stack_size(1024).is_err());
+    }
+
+    #[test]
+    fn guard_pages_are_recognised() {
+        let _serial = serial();
+        let a = take_stack().unwrap();
+        assert_eq!(guard_page_stack_size(a.guard), Some(a.size()));
+        assert_eq!(
+            guard_page_stack_size(a.guard + page_size() - 1),
+            Some(a.size())
+        );
+        assert_eq!(guard_page_stack_size(a.guard + page_size()), None);
+        assert_eq!(guard_page_stack_size(a.top() - 8), None);
     }
 
     #[test]

@@ -409,6 +409,8 @@ fn fiber_main(g: *mut ffi::PyObject, first: Payload) -> Hop<Payload> {
             gr.state.as_ptr(),
             (*gr.fiber_ptr()).scratch() as *mut c_void,
             stack::SCRATCH_BYTES,
+            ((*gr.fiber_ptr()).stack_size() / stack::BYTES_PER_C_LEVEL).min(i32::MAX as usize)
+                as i32,
         );
     }
     start

@@ -342,6 +342,7 @@ impl ThreadState {
         let _ = EXIT.try_with(|g| g.0.set(state));
         // SAFETY: GIL held by contract.
         unsafe { install_sentinel(state) };
+        crate::overflow::ensure_alt_stack();
         STATE.with(|s| s.set(state));
         // SAFETY: marking the main greenlet as running on this thread.
         unsafe { crate::greenlet::green(main).running.set(true) };

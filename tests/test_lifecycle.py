@@ -1,0 +1,173 @@
+"""Lifecycle and scale: limits that are errors rather than crashes, a clear message on stack
+overflow, and 100,000 greenlets alive at once under the default ``vm.max_map_count``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import corolet
+import pytest
+from corolet import GreenletExit, getcurrent, greenlet
+
+pytestmark = pytest.mark.corolet_only
+
+
+def _run(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+# Recursion through C (map -> call -> Python -> map ...) uses native stack at every level.
+DEEP_C_RECURSION = """
+def down(n=0):
+    return list(map(down, [n + 1]))
+"""
+
+C_LEVELS_COUNTED = sys.version_info >= (3, 12)
+
+
+@pytest.mark.skipif(C_LEVELS_COUNTED, reason="3.12+ counts C recursion: see the next test")
+def test_stack_overflow_in_a_greenlet_names_the_stack_size_setting():
+    # 3.10 and 3.11 count C and Python recursion together, against sys.setrecursionlimit
+    # only: with the limit raised, a small stack overflows.
+    proc = _run(
+        """
+        import sys, corolet
+        sys.setrecursionlimit(10**6)
+        corolet.stack_size(128 * 1024)
+        def down(n=0):
+            return list(map(down, [n + 1]))
+        corolet.greenlet(down).switch()
+        """
+    )
+    assert proc.returncode < 0, proc
+    assert "a greenlet overflowed its native stack (128 KiB)" in proc.stderr
+    assert "corolet.stack_size(" in proc.stderr
+
+
+@pytest.mark.skipif(not C_LEVELS_COUNTED, reason="C recursion is counted separately on 3.12+")
+def test_small_stacks_get_a_c_recursion_budget_that_fits_them():
+    old = corolet.stack_size(128 * 1024)
+    namespace: dict = {}
+    exec(DEEP_C_RECURSION, namespace)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(10**6)
+    try:
+
+        def body():
+            with pytest.raises(RecursionError):
+                namespace["down"]()
+            return "survived"
+
+        assert greenlet(body).switch() == "survived"
+    finally:
+        sys.setrecursionlimit(limit)
+        corolet.stack_size(old)
+
+
+@pytest.mark.skipif(C_LEVELS_COUNTED, reason="3.12+ raises RecursionError instead")
+def test_stack_overflow_message_comes_before_faulthandlers_traceback():
+    # faulthandler enabled first (-X faulthandler, PYTHONFAULTHANDLER, pytest): corolet's
+    # handler writes its message, then hands the signal on to faulthandler's.
+    proc = _run(
+        """
+        import faulthandler
+        faulthandler.enable()
+        import sys, corolet
+        sys.setrecursionlimit(10**6)
+        corolet.stack_size(128 * 1024)
+        def down(n=0):
+            return list(map(down, [n + 1]))
+        corolet.greenlet(down).switch()
+        """
+    )
+    assert proc.returncode < 0, proc
+    assert "overflowed its native stack" in proc.stderr
+    assert "Fatal Python error" in proc.stderr
+    assert "line 8 in down" in proc.stderr
+    assert proc.stderr.index("overflowed") < proc.stderr.index("Fatal Python error")
+
+
+def test_default_recursion_limit_raises_recursion_error_inside_a_greenlet():
+    def down(n=0):
+        return list(map(down, [n + 1]))
+
+    def body():
+        with pytest.raises(RecursionError):
+            down()
+        return "survived"
+
+    assert greenlet(body).switch() == "survived"
+
+
+def test_a_stack_that_cannot_be_mapped_raises_memory_error():
+    old = corolet.stack_size()
+    corolet.stack_size(1 << 44)  # 16 TiB per stack: no slab of those can be mapped
+    try:
+        g = greenlet(lambda: "never")
+        with pytest.raises(MemoryError, match=r"stack_size\(\)"):
+            g.switch()
+        assert not g.dead and not g  # still unstarted
+    finally:
+        corolet.stack_size(old)
+    assert g.switch() == "never"  # and it starts once stacks can be had again
+
+
+def test_stack_size_reads_and_sets_like_threading_stack_size():
+    old = corolet.stack_size()
+    try:
+        assert corolet.stack_size(256 * 1024) == old
+        assert corolet.stack_size() == 256 * 1024
+        assert greenlet(lambda: 7).switch() == 7
+    finally:
+        corolet.stack_size(old)
+    with pytest.raises(ValueError, match="at least"):
+        corolet.stack_size(4096)
+
+
+def _guards_cost_no_mapping() -> bool:
+    greenlet(lambda: None).switch()  # makes sure a slab exists
+    return corolet._corolet._stack_stats()["guard"] == "madvise"
+
+
+def test_a_hundred_thousand_suspended_greenlets_live_at_once_then_die():
+    if not _guards_cost_no_mapping():
+        pytest.skip("guard pages need MADV_GUARD_INSTALL (Linux 6.13+) to stay under map count")
+    main = getcurrent()
+    exits = 0
+
+    def body():
+        nonlocal exits
+
+        def a():
+            b()
+
+        def b():
+            try:
+                main.switch()
+            except GreenletExit:
+                nonlocal exits
+                exits += 1
+                raise
+
+        a()
+
+    count = 100_000
+    live_before = corolet._corolet._stack_stats()["live"]
+    glets = [greenlet(body) for _ in range(count)]
+    for glet in glets:
+        glet.switch()
+    del glet
+    assert corolet._corolet._stack_stats()["live"] == live_before + count
+    with open("/proc/self/maps") as maps:
+        mappings = sum(1 for _ in maps)
+    assert mappings < 65530 // 2, mappings
+    del glets  # each is killed with GreenletExit as its last reference goes
+    assert exits == count
+    assert corolet._corolet._stack_stats()["live"] == live_before
