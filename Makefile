@@ -15,7 +15,7 @@ PYS ?= /root/.pyenv/versions/3.10.13/bin/python /root/.pyenv/versions/3.11.7/bin
        /root/.pyenv/versions/3.12.1/bin/python /root/.pyenv/versions/3.13.0/bin/python
 export CARGO_TARGET_DIR := $(CARGO_TARGET)
 
-.PHONY: demo test test-all venv build cargo-test lint pytest upstream valgrind clean
+.PHONY: demo test test-all venv build cargo-test lint pytest upstream bench-fast bench valgrind clean
 
 $(VENV)/.stamp: tests/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -47,7 +47,15 @@ pytest: build
 upstream: build
 	$(VPY) tools/upstream.py --python $(VPY)
 
-test: build cargo-test lint pytest upstream
+# The benchmarks' fast mode keeps them working; `make bench` gives the numbers.
+bench-fast: build
+	$(VPY) benches/bench_greenlet.py --fast
+
+bench: build
+	PYO3_PYTHON=$(PYTHON) cargo bench --bench core
+	$(VPY) benches/bench_greenlet.py
+
+test: build cargo-test lint pytest upstream bench-fast
 
 test-all:
 	set -e; for p in $(PYS); do $(MAKE) --no-print-directory test PYTHON=$$p; done

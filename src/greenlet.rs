@@ -188,6 +188,38 @@ impl Drop for Green {
     }
 }
 
+/// Allocates the Rust state with Python's small-object allocator: fast, and its arenas go
+/// back to the OS once a crowd of greenlets is gone. Null (with `MemoryError`) on failure.
+///
+/// # Safety
+/// GIL held.
+unsafe fn alloc_green(green: Green) -> *mut Green {
+    // SAFETY: GIL held; the block is sized and (16-byte, as pymalloc guarantees) aligned for
+    // a Green, and initialised before use.
+    unsafe {
+        debug_assert!(std::mem::align_of::<Green>() <= 16);
+        let p = ffi::PyObject_Malloc(std::mem::size_of::<Green>()) as *mut Green;
+        if p.is_null() {
+            ffi::PyErr_NoMemory();
+            return p;
+        }
+        p.write(green);
+        p
+    }
+}
+
+/// Drops and frees what `alloc_green` made.
+///
+/// # Safety
+/// GIL held; `p` came from `alloc_green` and is not used again.
+unsafe fn free_green(p: *mut Green) {
+    // SAFETY: per contract; a panic in a drop must not unwind into CPython.
+    unsafe {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ptr::drop_in_place(p)));
+        ffi::PyObject_Free(p as *mut c_void);
+    }
+}
+
 /// Module-wide objects, set once at import.
 pub struct Globals {
     pub ty: *mut ffi::PyTypeObject,
@@ -252,8 +284,12 @@ pub unsafe fn new_main(thread: Arc<ThreadShared>) -> *mut ffi::PyObject {
         if obj.is_null() {
             return NULL;
         }
-        let g = Box::new(Green::new(true, ptr::null_mut(), Some(thread)));
-        (*(obj as *mut PyGreenlet)).pimpl = Box::into_raw(g);
+        let g = alloc_green(Green::new(true, ptr::null_mut(), Some(thread)));
+        if g.is_null() {
+            ffi::Py_DECREF(obj);
+            return NULL;
+        }
+        (*(obj as *mut PyGreenlet)).pimpl = g;
         obj
     }
 }
@@ -293,8 +329,13 @@ unsafe extern "C" fn tp_new(
                 return NULL;
             }
             let parent = ffi::Py_NewRef((*ts).current());
-            let g = Box::new(Green::new(false, parent, None));
-            (*(obj as *mut PyGreenlet)).pimpl = Box::into_raw(g);
+            let g = alloc_green(Green::new(false, parent, None));
+            if g.is_null() {
+                ffi::Py_DECREF(parent);
+                ffi::Py_DECREF(obj);
+                return NULL;
+            }
+            (*(obj as *mut PyGreenlet)).pimpl = g;
             obj
         }
     })
@@ -310,6 +351,17 @@ unsafe extern "C" fn tp_init(
         unsafe {
             let mut run: *mut ffi::PyObject = ptr::null_mut();
             let mut parent: *mut ffi::PyObject = ptr::null_mut();
+            let nargs = ffi::PyTuple_GET_SIZE(args);
+            if (kwds.is_null() || ffi::PyDict_Size(kwds) == 0) && nargs <= 2 {
+                // The common `greenlet(run[, parent])`, without the argument parser.
+                if nargs >= 1 {
+                    run = ffi::PyTuple_GET_ITEM(args, 0);
+                }
+                if nargs == 2 {
+                    parent = ffi::PyTuple_GET_ITEM(args, 1);
+                }
+                return init_run_parent(obj, run, parent);
+            }
             let mut kwlist = [
                 c"run".as_ptr() as *mut std::ffi::c_char,
                 c"parent".as_ptr() as *mut std::ffi::c_char,
@@ -326,15 +378,27 @@ unsafe extern "C" fn tp_init(
             {
                 return -1;
             }
-            if !run.is_null() && set_run(obj, run) < 0 {
-                return -1;
-            }
-            if !parent.is_null() && parent != ffi::Py_None() {
-                return set_parent(obj, parent);
-            }
-            0
+            init_run_parent(obj, run, parent)
         }
     })
+}
+
+/// `__init__`'s work once its arguments are known (either may be null: not given).
+unsafe fn init_run_parent(
+    obj: *mut ffi::PyObject,
+    run: *mut ffi::PyObject,
+    parent: *mut ffi::PyObject,
+) -> c_int {
+    // SAFETY: GIL held; `obj` is a greenlet; borrowed arguments.
+    unsafe {
+        if !run.is_null() && set_run(obj, run) < 0 {
+            return -1;
+        }
+        if !parent.is_null() && parent != ffi::Py_None() {
+            return set_parent(obj, parent);
+        }
+        0
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -359,11 +423,10 @@ unsafe extern "C" fn tp_dealloc(obj: *mut ffi::PyObject) {
         ffi::Py_XDECREF(dict);
         if !pimpl.is_null() {
             (*this).pimpl = ptr::null_mut();
-            let g = Box::from_raw(pimpl);
-            if g.is_main {
+            if (*pimpl).is_main {
                 MAIN_GREENLETS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             }
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(g)));
+            free_green(pimpl);
         }
         let ty = ffi::Py_TYPE(obj);
         if let Some(free) = (*ty).tp_free {

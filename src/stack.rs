@@ -43,15 +43,19 @@ pub const SCRATCH_BYTES: usize = 1024;
 /// The smallest usable stack size accepted by `set_stack_size`.
 pub const MIN_STACK_SIZE: usize = 64 * 1024;
 
-/// The system page size.
+/// The system page size (asked once).
+#[inline]
 pub fn page_size() -> usize {
+    static PAGE: AtomicUsize = AtomicUsize::new(0);
+    let page = PAGE.load(Ordering::Relaxed);
+    if page != 0 {
+        return page;
+    }
     // SAFETY: sysconf has no preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if size > 0 {
-        size as usize
-    } else {
-        4096
-    }
+    let page = if size > 0 { size as usize } else { 4096 };
+    PAGE.store(page, Ordering::Relaxed);
+    page
 }
 
 /// One native stack from the pool. Returned to the pool on drop.
