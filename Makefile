@@ -50,10 +50,12 @@ upstream: build
 # The benchmarks' fast mode keeps them working; `make bench` gives the numbers.
 bench-fast: build
 	$(VPY) benches/bench_greenlet.py --fast
+	$(VPY) benches/bench_memory.py --fast
 
 bench: build
 	PYO3_PYTHON=$(PYTHON) cargo bench --bench core
 	$(VPY) benches/bench_greenlet.py
+	$(VPY) benches/bench_memory.py
 
 test: build cargo-test lint pytest upstream bench-fast
 

@@ -1,0 +1,134 @@
+"""Memory and lifetime cost of parked greenlets: corolet against greenlet 3.5.6.
+
+For N greenlets (10,000, 100,000, 1,000,000 by default), each implementation runs in its own
+fresh process: it creates N greenlets, switches into each (each parks three Python frames
+deep, in ``main.switch()``), measures, then drops them all (each is killed with
+``GreenletExit``) and measures again. Reported per parked greenlet:
+
+- RSS: resident memory (``VmRSS``), which is what ``ps`` and most tools show;
+- page tables: ``VmPTE``, kernel memory RSS leaves out (a native stack per greenlet costs
+  about one page-table page; greenlet's copied stacks cost almost none);
+- create + park and kill times;
+- RSS left once all are killed, against where the process started.
+
+greenlet comes from ``<repo>/.venv-bench-greenlet-<version>`` (made by bench_greenlet.py's
+helper on the same interpreter). ``--fast`` runs 10,000 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import bench_greenlet as common
+
+WORKER = r"""
+import gc, json, sys, time
+impl = __import__(sys.argv[1])
+n = int(sys.argv[2])
+
+def status():
+    with open("/proc/self/status") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return {k: int(fields[k].split()[0]) * 1024 for k in ("VmRSS", "VmPTE")}
+
+main = impl.getcurrent()
+
+def body():
+    def a():
+        b()
+    def b():
+        c()
+    def c():
+        main.switch()
+    a()
+
+warm = [impl.greenlet(body) for _ in range(1000)]
+for g in warm:
+    g.switch()
+del warm, g
+gc.collect()
+before = status()
+t0 = time.perf_counter()
+glets = [impl.greenlet(body) for _ in range(n)]
+for g in glets:
+    g.switch()
+del g
+t1 = time.perf_counter()
+parked = status()
+alive = sum(1 for g in glets if g)
+t2 = time.perf_counter()
+del glets
+gc.collect()
+t3 = time.perf_counter()
+after = status()
+print(json.dumps({
+    "alive": alive,
+    "rss_per": (parked["VmRSS"] - before["VmRSS"]) / n,
+    "pte_per": (parked["VmPTE"] - before["VmPTE"]) / n,
+    "create_us": (t1 - t0) / n * 1e6,
+    "kill_us": (t3 - t2) / n * 1e6,
+    "rss_start_mb": before["VmRSS"] / 1e6,
+    "rss_left_mb": (after["VmRSS"] - before["VmRSS"]) / 1e6,
+}))
+"""
+
+
+def run(python: str, module: str, n: int) -> dict:
+    out = subprocess.run(
+        [python, "-c", WORKER, module, str(n)], capture_output=True, text=True, timeout=1800
+    )
+    if out.returncode != 0:
+        raise common.BenchError(f"{module} with {n} greenlets failed:\n{out.stderr[-2000:]}")
+    result = json.loads(out.stdout)
+    common.check(result["alive"] == n, f"{module}: all {n} greenlets parked")
+    return result
+
+
+def table(rows: list[tuple[int, dict, dict]]) -> str:
+    lines = [
+        "| greenlets | RSS per parked (corolet / greenlet) | page tables per parked "
+        "| create + park µs | kill µs | RSS left after kill, MB (start) |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n, c, g in rows:
+        lines.append(
+            f"| {n:,} | {c['rss_per']:,.0f} B / {g['rss_per']:,.0f} B "
+            f"| {c['pte_per']:,.0f} B / {g['pte_per']:,.0f} B "
+            f"| {c['create_us']:.2f} / {g['create_us']:.2f} "
+            f"| {c['kill_us']:.2f} / {g['kill_us']:.2f} "
+            f"| {c['rss_left_mb']:+.1f} ({c['rss_start_mb']:.0f}) / "
+            f"{g['rss_left_mb']:+.1f} ({g['rss_start_mb']:.0f}) |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--python", default=sys.executable, help="interpreter with corolet")
+    parser.add_argument("--fast", action="store_true", help="10,000 greenlets only")
+    parser.add_argument("--counts", default="10000,100000,1000000")
+    args = parser.parse_args(argv)
+    counts = [10_000] if args.fast else [int(c) for c in args.counts.split(",")]
+    env = common.probe(args.python, "corolet")
+    greenlet_python = common.greenlet_venv(args.python, env["sys_version"], env["version"])
+    rows = [
+        (n, run(args.python, "corolet", n), run(greenlet_python, "greenlet", n)) for n in counts
+    ]
+    mach = common.machine()
+    print(
+        f"Python {env['sys_version'].split()[0]}, {mach['cpu']}, {mach['cpus']} CPUs; "
+        f"greenlet {common.GREENLET_VERSION}; each greenlet parked 3 Python frames deep"
+    )
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except common.BenchError as e:
+        print(f"bench_memory: {e}", file=sys.stderr)
+        sys.exit(1)
