@@ -21,6 +21,9 @@ $(VENV)/.stamp: tests/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -r tests/requirements.txt
+	# SQLAlchemy 2.0 (what pip picks on 3.10) pulls in the real greenlet; the tests must only
+	# ever see corolet (corolet.install() serves SQLAlchemy), so it does not stay.
+	$(VPY) -m pip uninstall -y -q greenlet 2>/dev/null || true
 	touch $@
 
 venv: $(VENV)/.stamp
@@ -51,11 +54,13 @@ upstream: build
 bench-fast: build
 	$(VPY) benches/bench_greenlet.py --fast
 	$(VPY) benches/bench_memory.py --fast
+	$(VPY) benches/bench_bridge.py --fast
 
 bench: build
 	PYO3_PYTHON=$(PYTHON) cargo bench --bench core
 	$(VPY) benches/bench_greenlet.py
 	$(VPY) benches/bench_memory.py
+	$(VPY) benches/bench_bridge.py
 
 test: build cargo-test lint pytest upstream bench-fast
 

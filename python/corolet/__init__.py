@@ -3,11 +3,17 @@
 ``import corolet`` is a complete stand-in for ``import greenlet``: the same ``greenlet`` type,
 functions, exceptions and error messages. ``corolet.install()`` makes ``import greenlet``
 resolve to corolet for libraries that import greenlet themselves.
+
+The sync-to-async bridge lives in ``corolet.bridge`` (``greenlet_spawn``, ``await_only``,
+``await_``, ``in_greenlet``, ``MissingGreenlet``). Those names are also attributes of this
+package, imported on first use, so that ``import corolet`` does not import asyncio; they are not
+in ``__all__``, which stays greenlet's namespace.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING, Any
 
 from corolet import _corolet
 from corolet._corolet import (
@@ -26,6 +32,14 @@ from corolet._corolet import (
     settrace,
     stack_size,
 )
+
+if TYPE_CHECKING:
+    # What __getattr__ below provides at run time, spelled out for type checkers.
+    from corolet.bridge import MissingGreenlet as MissingGreenlet
+    from corolet.bridge import await_ as await_
+    from corolet.bridge import await_only as await_only
+    from corolet.bridge import greenlet_spawn as greenlet_spawn
+    from corolet.bridge import in_greenlet as in_greenlet
 
 __version__ = "0.1.0"
 
@@ -47,6 +61,24 @@ __all__ = [
     "settrace",
     "stack_size",
 ]
+
+
+_BRIDGE_NAMES = frozenset(
+    ("MissingGreenlet", "await_", "await_only", "greenlet_spawn", "in_greenlet")
+)
+
+
+def __getattr__(name: str) -> Any:
+    # Only reached for names the module lacks: the bridge's are imported on first use.
+    if name in _BRIDGE_NAMES:
+        from corolet import bridge
+
+        return getattr(bridge, name)
+    raise AttributeError(f"module 'corolet' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _BRIDGE_NAMES)
 
 
 def install() -> None:
