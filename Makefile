@@ -32,8 +32,15 @@ build: venv
 	cd $(CURDIR) && VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH \
 	    $(VENV)/bin/maturin develop --release --quiet
 
-demo: build
-	$(VPY) -m corolet
+# The demo's side-by-side timing uses PyPI greenlet from a virtualenv of its own.
+GREENLET_VENV := .venv-bench-greenlet-$(PYVER)
+$(GREENLET_VENV)/.stamp:
+	$(PYTHON) -m venv --clear $(GREENLET_VENV)
+	$(GREENLET_VENV)/bin/python -m pip install -q --disable-pip-version-check greenlet==3.5.6
+	touch $@
+
+demo: build $(GREENLET_VENV)/.stamp
+	$(VPY) -m corolet --greenlet-python $(CURDIR)/$(GREENLET_VENV)/bin/python
 
 cargo-test:
 	PYO3_PYTHON=$(PYTHON) cargo test --release --quiet

@@ -6,6 +6,8 @@
    only swaps stack pointers (greenlet copies the stack, so its cost grows with depth).
 4. The bridge driving real async I/O: sync-looking clients, run through ``greenlet_spawn``,
    talk to an asyncio server on 127.0.0.1 (an ephemeral port) with ``await_only``.
+5. The same timings for corolet and PyPI greenlet side by side, when given an interpreter
+   with greenlet (``--greenlet-python``; ``make demo`` prepares one).
 """
 
 from __future__ import annotations
@@ -58,28 +60,83 @@ def deep_generator() -> None:
     print(f"   second value: {g.switch()!r}")
 
 
-def switch_timing(rounds: int = 100_000) -> None:
-    print("3. Switch cost, top of the stack vs 500 C-level frames deep")
-    main = getcurrent()
+# Timed in a fresh interpreter for each implementation (corolet here, greenlet from the
+# virtualenv `make demo` prepares), by the same code: argv[1] names the module.
+TIMING = r"""
+import json, sys, time
+impl = __import__(sys.argv[1])
+main = impl.getcurrent()
+rounds = 50_000
 
-    def bouncer(depth: int) -> None:
-        def down(d: int) -> None:
-            if d == 0:
-                while True:
-                    main.switch()
-            list(map(down, [d - 1]))
+def bouncer(depth):
+    def down(d):
+        if d == 0:
+            while True:
+                main.switch()
+        list(map(down, [d - 1]))  # recursion through C: the native stack really is deep
+    down(depth)
 
-        down(depth)
-
-    for depth in (0, 500):
-        g = greenlet(bouncer)
-        g.switch(depth)
+def per_switch(depth):
+    g = impl.greenlet(bouncer)
+    g.switch(depth)
+    best = float("inf")
+    for _ in range(3):
         start = time.perf_counter()
         for _ in range(rounds):
             g.switch()
-        elapsed = time.perf_counter() - start
-        print(f"   depth {depth:>3}: {elapsed / (2 * rounds) * 1e9:6.0f} ns per switch")
-        g.throw()  # GreenletExit unwinds it
+        best = min(best, (time.perf_counter() - start) / (2 * rounds))
+    g.throw()
+    return best
+
+def per_greenlet():
+    def one():
+        return 1
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(rounds // 5):
+            impl.greenlet(one).switch()
+        best = min(best, (time.perf_counter() - start) / (rounds // 5))
+    return best
+
+print(json.dumps({"top": per_switch(0), "deep": per_switch(500), "create": per_greenlet()}))
+"""
+
+ROWS = (
+    ("top", "switch at the top of the stack"),
+    ("deep", "switch 500 C-level frames deep"),
+    ("create", "create, switch into, finish"),
+)
+
+
+def measure(python: str, module: str) -> dict[str, float]:
+    import json
+    import subprocess
+
+    out = subprocess.run(
+        [python, "-c", TIMING, module], capture_output=True, text=True, check=True, timeout=120
+    )
+    return json.loads(out.stdout)
+
+
+def switch_timing() -> None:
+    print("3. Switch cost, top of the stack vs 500 C-level frames deep")
+    times = measure(sys.executable, "corolet")
+    for key, label in ROWS:
+        print(f"   {label:<32} {times[key] * 1e9:7.0f} ns")
+
+
+def against_greenlet(greenlet_python: str | None) -> None:
+    print("5. Side by side with greenlet, same interpreter, same code")
+    if not greenlet_python:
+        print("   (greenlet is not installed here: `make demo` prepares a virtualenv with it)")
+        return
+    ours = measure(sys.executable, "corolet")
+    theirs = measure(greenlet_python, "greenlet")
+    print(f"   {'':<32} {'corolet':>9} {'greenlet':>9} {'ratio':>7}")
+    for key, label in ROWS:
+        ratio = ours[key] / theirs[key]
+        print(f"   {label:<32} {ours[key] * 1e9:7.0f}ns {theirs[key] * 1e9:7.0f}ns {ratio:7.3f}")
 
 
 def bridge_io(clients: int = 10, requests: int = 50) -> None:
@@ -129,7 +186,16 @@ def bridge_io(clients: int = 10, requests: int = 50) -> None:
     )
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m corolet", description="corolet's demo")
+    parser.add_argument(
+        "--greenlet-python",
+        metavar="PATH",
+        help="an interpreter with PyPI greenlet installed, for the side-by-side timing",
+    )
+    args = parser.parse_args(argv)
     print(
         f"corolet {corolet.__version__} on Python {sys.version.split()[0]}; "
         f"default stack {corolet.stack_size() // 1024} KiB per greenlet (reserved, "
@@ -139,6 +205,7 @@ def main() -> int:
     deep_generator()
     switch_timing()
     bridge_io()
+    against_greenlet(args.greenlet_python)
     return 0
 
 
