@@ -383,6 +383,25 @@ unsafe extern "C" fn tp_init(
     })
 }
 
+/// `greenlet(run, parent)` for C callers: either may be null (not given). New reference.
+///
+/// # Safety
+/// GIL held.
+pub unsafe fn new_with(run: *mut ffi::PyObject, parent: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    // SAFETY: GIL held; creating an instance of our own type.
+    unsafe {
+        let g = tp_new(globals().ty, ptr::null_mut(), ptr::null_mut());
+        if g.is_null() {
+            return NULL;
+        }
+        if init_run_parent(g, run, parent) < 0 {
+            ffi::Py_DECREF(g);
+            return NULL;
+        }
+        g
+    }
+}
+
 /// `__init__`'s work once its arguments are known (either may be null: not given).
 unsafe fn init_run_parent(
     obj: *mut ffi::PyObject,
@@ -614,7 +633,11 @@ unsafe fn set_run(obj: *mut ffi::PyObject, run: *mut ffi::PyObject) -> c_int {
     }
 }
 
-unsafe fn set_parent(obj: *mut ffi::PyObject, parent: *mut ffi::PyObject) -> c_int {
+/// `g.parent = parent` (null: delete), with greenlet's checks and errors.
+///
+/// # Safety
+/// GIL held; `obj` is a greenlet.
+pub unsafe fn set_parent(obj: *mut ffi::PyObject, parent: *mut ffi::PyObject) -> c_int {
     // SAFETY: GIL held; `obj` is a greenlet.
     unsafe {
         let g = green(obj);

@@ -13,6 +13,7 @@
 //! - [`thread`]: per-thread state: main greenlet, current greenlet, trace function.
 //! - [`greenlet`]: the `greenlet.greenlet` type with greenlet 3.x's object layout.
 //! - [`switch`]: `switch()`, `throw()`, starting, finishing and killing greenlets.
+//! - [`capi`]: greenlet's C API, as the `_C_API` capsule.
 //! - [`module`]: the `corolet._corolet` Python module.
 
 pub mod fiber;
@@ -22,6 +23,7 @@ pub mod stack;
 pub mod pyerr;
 pub mod pystate;
 
+pub mod capi;
 pub mod greenlet;
 pub mod messages;
 pub mod module;

@@ -26,6 +26,17 @@ unsafe extern "C" fn getcurrent(
     _a: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
     // SAFETY: METH_NOARGS call from CPython with the GIL.
+    unsafe { current_greenlet() }
+}
+
+/// This thread's current greenlet (new reference); `RuntimeError` once the interpreter is
+/// finalizing.
+///
+/// # Safety
+/// GIL held.
+#[inline]
+pub unsafe fn current_greenlet() -> *mut ffi::PyObject {
+    // SAFETY: GIL held by contract.
     unsafe {
         if pystate::corolet_is_finalizing() != 0 {
             set_error(ffi::PyExc_RuntimeError, msg::FINALIZING);
@@ -390,6 +401,9 @@ fn corolet_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
         unsafe { pystate::corolet_clocks_per_sec() } as i64,
     )?;
     m.add("UnswitchableGreenlet", unswitchable_type(py, ty)?)?;
+    // SAFETY: GIL held; the type and exceptions exist now.
+    let capsule = unsafe { Bound::from_owned_ptr_or_err(py, crate::capi::capsule())? };
+    m.add("_C_API", capsule)?;
     m.add_function(wrap_pyfunction!(stack_size, m)?)?;
     m.add_function(wrap_pyfunction!(_stack_stats, m)?)?;
     m.add_function(wrap_pyfunction!(get_pending_cleanup_count, m)?)?;

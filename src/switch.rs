@@ -646,8 +646,12 @@ pub unsafe extern "C" fn py_throw(
     })
 }
 
-/// Checks and normalises `throw()`'s arguments into an exception, as greenlet does.
-unsafe fn normalize_throw(
+/// Checks and normalises `throw()`'s arguments into an exception, as greenlet does (None with
+/// the error set if they are not acceptable).
+///
+/// # Safety
+/// GIL held; the arguments are live or null (`typ` must not be null).
+pub unsafe fn normalize_throw(
     typ: *mut ffi::PyObject,
     val: *mut ffi::PyObject,
     tb: *mut ffi::PyObject,

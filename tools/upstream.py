@@ -330,6 +330,37 @@ def describe_probe(info: dict, setup: Setup) -> str:
     return line
 
 
+# Built against corolet's greenlet.h in place of greenlet's: its test helpers include
+# "../greenlet_compiler_compat.hpp" for this one macro.
+COMPILER_COMPAT = """#pragma once
+#define UNUSED(x) UNUSED_##x __attribute__((__unused__))
+"""
+
+EXT_PATHS = """
+import json, sysconfig, corolet
+print(json.dumps({"include": sysconfig.get_paths()["include"],
+                  "suffix": sysconfig.get_config_var("EXT_SUFFIX"),
+                  "greenlet_h": corolet.get_include() + "/greenlet/greenlet.h"}))
+"""
+
+
+def build_test_extensions(python: str, package: Path) -> None:
+    """Compile greenlet's C and C++ test helpers (from the sdist) against corolet's C API."""
+    out = subprocess.run([python, "-c", EXT_PATHS], capture_output=True, text=True, check=True)
+    paths = json.loads(out.stdout)
+    shutil.copy(paths["greenlet_h"], package / "greenlet.h")
+    (package / "greenlet_compiler_compat.hpp").write_text(COMPILER_COMPAT)
+    compilers = {".c": os.environ.get("CC", "gcc"), ".cpp": os.environ.get("CXX", "g++")}
+    for source in sorted((package / "tests").glob("_test_extension*.c*")):
+        target = source.with_name(source.stem + paths["suffix"])
+        command = [compilers[source.suffix], "-shared", "-fPIC", "-O1", "-I", paths["include"]]
+        build = subprocess.run(
+            [*command, str(source), "-o", str(target)], capture_output=True, text=True
+        )
+        if build.returncode != 0:
+            raise SystemExit(f"cannot build {source.name}:\n{build.stderr[-3000:]}")
+
+
 def prepare(args: argparse.Namespace, root: Path) -> Setup:
     """Build the environment the children run in, probe it and print where greenlet is."""
     cwd = root / "work"
@@ -341,6 +372,7 @@ def prepare(args: argparse.Namespace, root: Path) -> Setup:
         extract_tests(fetch_sdist(), Path(shim) / "greenlet" / "tests")
         (Path(shim) / "greenlet" / "__init__.py").write_text(SHIM_INIT)
         (Path(shim) / "greenlet" / "_greenlet.py").write_text(SHIM_GREENLET)
+        build_test_extensions(args.python, Path(shim) / "greenlet")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [shim, env.get("PYTHONPATH")]))
     setup = Setup(args.impl, args.python, "", env, cwd, Path(), args.timeout)
     info = probe(setup, shim)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from corolet import _corolet
 from corolet._corolet import (
+    _C_API,
     CLOCKS_PER_SEC,
     GREENLET_USE_CONTEXT_VARS,
     GREENLET_USE_GC,
@@ -51,7 +52,9 @@ __all__ = [
     "GREENLET_USE_TRACING",
     "GreenletExit",
     "__version__",
+    "_C_API",
     "enable_optional_cleanup",
+    "get_include",
     "error",
     "get_clocks_used_doing_optional_cleanup",
     "getcurrent",
@@ -79,6 +82,14 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | _BRIDGE_NAMES)
+
+
+def get_include() -> str:
+    """The directory holding ``greenlet/greenlet.h``, for C extensions built against
+    greenlet's C API (add it to the compiler's include path)."""
+    import os
+
+    return os.path.join(os.path.dirname(__file__), "include")
 
 
 def install() -> None:

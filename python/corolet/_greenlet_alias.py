@@ -5,6 +5,7 @@ It carries the names of greenlet's own package namespace, backed by corolet.
 
 from corolet import _corolet
 from corolet._corolet import (
+    _C_API,
     CLOCKS_PER_SEC,  # noqa: F401 (provisional API greenlet's package exports)
     GREENLET_USE_CONTEXT_VARS,
     GREENLET_USE_GC,
@@ -25,6 +26,7 @@ _greenlet = _corolet
 
 __all__ = [
     "__version__",
+    "_C_API",
     "GreenletExit",
     "error",
     "getcurrent",
