@@ -51,44 +51,80 @@ impl<P: 'static> Hop<P> {
 
 type Coro<P> = Coroutine<P, Hop<P>, Hop<P>, PooledStack>;
 
-/// One suspendable context with its own native stack.
+/// One suspendable context with its own native stack. It may live inline in another
+/// structure ([`Fiber::empty`] then [`Fiber::prepare`]) as long as it does not move while it
+/// holds a stack; [`Fiber::new`] boxes one.
 pub struct Fiber<P: 'static> {
     coro: UnsafeCell<Option<Coro<P>>>,
     yielder: Cell<*const Yielder<P, Hop<P>>>,
     /// High end of the stack while the fiber holds one, else 0.
     stack_top: Cell<usize>,
-    /// The stack's scratch area (see `stack.rs`), fixed for the fiber's life.
-    scratch: *mut u8,
-    stack_size: usize,
+    /// The stack's scratch area (see `stack.rs`), while the fiber holds a stack.
+    scratch: Cell<*mut u8>,
+    stack_size: Cell<usize>,
 }
 
 impl<P: 'static> Fiber<P> {
-    /// Creates a fiber that will run `body` on `stack` when first resumed. `body` gets the
-    /// first payload and returns the hop to take when it finishes.
+    /// A fiber with no stack yet.
+    pub const fn empty() -> Self {
+        Fiber {
+            coro: UnsafeCell::new(None),
+            yielder: Cell::new(ptr::null()),
+            stack_top: Cell::new(0),
+            scratch: Cell::new(ptr::null_mut()),
+            stack_size: Cell::new(0),
+        }
+    }
+
+    /// Creates a boxed fiber that will run `body` on `stack` when first resumed.
     pub fn new<F>(stack: PooledStack, body: F) -> Box<Self>
     where
         F: FnOnce(P) -> Hop<P> + 'static,
     {
-        let top = stack.base().get();
-        let scratch = stack.scratch();
-        let stack_size = stack.base().get() - stack.limit().get() - crate::stack::page_size();
-        let fiber = Box::new(Fiber {
-            coro: UnsafeCell::new(None),
-            yielder: Cell::new(ptr::null()),
-            stack_top: Cell::new(top),
-            scratch,
-            stack_size,
-        });
-        let this: *const Fiber<P> = &*fiber;
+        let fiber = Box::new(Self::empty());
+        // SAFETY: the box keeps the fiber at one address; it holds no stack yet.
+        unsafe { fiber.prepare(stack, body) };
+        fiber
+    }
+
+    /// Gives the fiber `stack` and `body`, which runs when the fiber is first resumed: it
+    /// gets the first payload and returns the hop to take when it finishes.
+    ///
+    /// # Safety
+    /// The fiber holds no stack, and it does not move until it has finished or been
+    /// abandoned (the stack keeps a pointer to it).
+    pub unsafe fn prepare<F>(&self, stack: PooledStack, body: F)
+    where
+        F: FnOnce(P) -> Hop<P> + 'static,
+    {
+        self.stack_top.set(stack.base().get());
+        self.scratch.set(stack.scratch());
+        self.stack_size
+            .set(stack.base().get() - stack.limit().get() - crate::stack::page_size());
+        let this: *const Fiber<P> = self;
         let coro = Coroutine::with_stack(stack, move |yielder: &Yielder<P, Hop<P>>, first: P| {
-            // SAFETY: the fiber is boxed (its address is stable) and, by the module contract,
-            // alive while it runs.
+            // SAFETY: per the contract the fiber stays at this address while it runs.
             unsafe { (*this).yielder.set(yielder) };
             body(first)
         });
-        // SAFETY: nothing else holds a reference into `coro` yet.
-        unsafe { *fiber.coro.get() = Some(coro) };
-        fiber
+        // SAFETY: not running, so nothing else holds the coroutine slot.
+        unsafe { *self.coro.get() = Some(coro) };
+    }
+
+    /// Drops a prepared fiber's stack and body before it ever ran.
+    pub fn discard_unstarted(&self) {
+        // SAFETY: not running (never started), so nothing else holds the slot.
+        let slot = unsafe { &mut *self.coro.get() };
+        if slot.as_ref().is_some_and(|c| !c.started()) {
+            drop(slot.take());
+            self.stack_top.set(0);
+        }
+    }
+
+    /// Whether the fiber holds a stack (prepared and not finished).
+    pub fn has_stack(&self) -> bool {
+        // SAFETY: a shared read of the option, as in `started`.
+        unsafe { (*self.coro.get()).is_some() }
     }
 
     /// Whether the fiber has been resumed at least once.
@@ -111,12 +147,12 @@ impl<P: 'static> Fiber<P> {
 
     /// Usable bytes of the fiber's stack (below the scratch area).
     pub fn stack_size(&self) -> usize {
-        self.stack_size
+        self.stack_size.get()
     }
 
     /// The scratch area above the fiber's stack (`stack::SCRATCH_BYTES` bytes).
     pub fn scratch(&self) -> *mut u8 {
-        self.scratch
+        self.scratch.get()
     }
 
     /// Suspends the running fiber, handing control to `hop.to` with `hop.payload`. Returns

@@ -11,7 +11,7 @@
 //! in the pool). Main greenlets are active from birth and run on their thread's stack.
 //! Switching lives in `switch.rs`; this file only keeps the state consistent.
 
-use std::cell::{Cell, UnsafeCell};
+use std::cell::Cell;
 use std::ffi::{c_int, c_void, CStr};
 use std::ptr;
 use std::sync::{Arc, OnceLock};
@@ -35,6 +35,8 @@ pub struct PyGreenlet {
 }
 
 const _: () = assert!(std::mem::size_of::<PyGreenlet>() == 40);
+// Small enough for Python's small-object allocator (see `alloc_green`).
+const _: () = assert!(std::mem::size_of::<Green>() <= 512);
 
 /// Where a greenlet is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,8 +68,8 @@ pub struct Green {
     pub main: Cell<*mut ffi::PyObject>,
     /// Main greenlets only: their thread.
     pub thread: Option<Arc<ThreadShared>>,
-    /// The stack it runs on, once started (non-main).
-    pub fiber: UnsafeCell<Option<Box<Fiber<Payload>>>>,
+    /// The stack it runs on, once started (non-main). Inline: the state never moves.
+    pub fiber: Fiber<Payload>,
     /// Its saved interpreter state while not running.
     pub state: PyState,
     /// Approximate stack pointer when it last switched away.
@@ -92,21 +94,11 @@ impl Green {
             starting_run: Cell::new(ptr::null_mut()),
             main: Cell::new(ptr::null_mut()),
             thread,
-            fiber: UnsafeCell::new(None),
+            fiber: Fiber::empty(),
             state: PyState::default(),
             saved_sp: Cell::new(0),
             force_switch_error: Cell::new(false),
             force_slp_switch_error: Cell::new(false),
-        }
-    }
-
-    /// The fiber, if it has one (borrowed).
-    pub fn fiber_ptr(&self) -> *const Fiber<Payload> {
-        // SAFETY: GIL held; a shared read of the option.
-        unsafe {
-            (*self.fiber.get())
-                .as_deref()
-                .map_or(ptr::null(), |f| f as *const _)
         }
     }
 
@@ -152,15 +144,15 @@ impl Green {
     pub unsafe fn abandon(&self) {
         // SAFETY: GIL held; the fiber is not running.
         unsafe {
-            let fiber = self.fiber_ptr();
-            if fiber.is_null() || !(*fiber).started() || (*fiber).finished() {
+            let fiber = &self.fiber;
+            if !fiber.has_stack() || !fiber.started() {
                 return;
             }
             let reuse = pystate::corolet_pystate_abandon(
                 self.state.as_ptr(),
-                (*fiber).scratch() as *mut c_void,
+                fiber.scratch() as *mut c_void,
             ) != 0;
-            (*fiber).abandon(reuse);
+            fiber.abandon(reuse);
             self.life.set(Life::Dead);
         }
     }
@@ -178,7 +170,6 @@ impl Drop for Green {
             // Only reached with a suspended fiber for greenlets whose thread is gone or that
             // could not be killed: nothing on that stack may run again.
             self.abandon();
-            drop(self.fiber.get_mut().take());
             pystate::corolet_pystate_clear(self.state.as_ptr());
             for p in [&self.parent, &self.run, &self.starting_run, &self.main] {
                 let obj = p.replace(ptr::null_mut());
@@ -817,12 +808,7 @@ unsafe extern "C" fn get_stack_saved(
             let top = if g.is_main {
                 g.thread.as_ref().map_or(0, |t| t.stack_top)
             } else {
-                let f = g.fiber_ptr();
-                if f.is_null() {
-                    0
-                } else {
-                    (*f).stack_top()
-                }
+                g.fiber.stack_top()
             };
             top.saturating_sub(g.saved_sp.get())
         };

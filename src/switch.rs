@@ -174,10 +174,10 @@ unsafe fn prepare_start(ts: &ThreadState, g: *mut ffi::PyObject) -> Result<bool,
             }
         };
         let me = g as usize;
-        let fiber = Fiber::new(stack, move |first| {
+        // The state lives at one address for the greenlet's life, and has no stack yet.
+        gr.fiber.prepare(stack, move |first| {
             fiber_main(me as *mut ffi::PyObject, first)
         });
-        *gr.fiber.get() = Some(fiber);
         let old_main = gr.main.replace(ffi::Py_NewRef(ts.main));
         ffi::Py_XDECREF(old_main);
         let old_run = gr.starting_run.replace(run);
@@ -192,7 +192,7 @@ unsafe fn unprepare_start(g: *mut ffi::PyObject) {
     // SAFETY: GIL held; the fiber never ran.
     unsafe {
         let gr = green(g);
-        drop((*gr.fiber.get()).take());
+        gr.fiber.discard_unstarted();
         for p in [&gr.main, &gr.starting_run] {
             ffi::Py_XDECREF(p.replace(ptr::null_mut()));
         }
@@ -212,7 +212,7 @@ unsafe fn transfer(
     // resolved greenlet of it with a fiber (or its main greenlet).
     unsafe {
         let dg = green(dest);
-        let first_time = !dg.is_main && !(*dg.fiber_ptr()).started();
+        let first_time = !dg.is_main && !dg.fiber.started();
         if dg.force_slp_switch_error.get() {
             ffi::Py_FatalError(msg::SLP_SWITCH_FATAL.as_ptr());
         }
@@ -229,7 +229,7 @@ unsafe fn transfer(
         let to = if dg.is_main {
             ptr::null()
         } else {
-            dg.fiber_ptr()
+            &dg.fiber as *const Fiber<Payload>
         };
         let cg = green(cur);
         let marker = 0u8;
@@ -239,7 +239,7 @@ unsafe fn transfer(
         let received = if cg.is_main {
             run_from_main(to, payload)
         } else {
-            (*cg.fiber_ptr()).suspend(Hop { to, payload })
+            cg.fiber.suspend(Hop { to, payload })
         };
         pystate::corolet_pystate_restore(cg.state.as_ptr());
         ts.set_current(cur);
@@ -407,10 +407,9 @@ fn fiber_main(g: *mut ffi::PyObject, first: Payload) -> Hop<Payload> {
             trampoline,
             &mut start as *mut Start as *mut c_void,
             gr.state.as_ptr(),
-            (*gr.fiber_ptr()).scratch() as *mut c_void,
+            gr.fiber.scratch() as *mut c_void,
             stack::SCRATCH_BYTES,
-            ((*gr.fiber_ptr()).stack_size() / stack::BYTES_PER_C_LEVEL).min(i32::MAX as usize)
-                as i32,
+            (gr.fiber.stack_size() / stack::BYTES_PER_C_LEVEL).min(i32::MAX as usize) as i32,
         );
     }
     start
@@ -501,7 +500,7 @@ unsafe fn run_and_finish(g: *mut ffi::PyObject, first: Payload) -> Hop<Payload> 
                     let to = if dg.is_main {
                         ptr::null()
                     } else {
-                        dg.fiber_ptr()
+                        &dg.fiber as *const Fiber<Payload>
                     };
                     return Hop { to, payload };
                 }
