@@ -332,6 +332,7 @@ fn corolet_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     check_interpreter(py)?;
     crate::overflow::install();
+    crate::thread::install_fork_handler();
     // SAFETY: GIL held; the exception classes are kept forever by the module globals.
     let (exit, error) = unsafe {
         (

@@ -22,9 +22,37 @@ pub struct SendPtr(pub *mut ffi::PyObject);
 // SAFETY: the pointer is only dereferenced with the GIL held, by the owning thread.
 unsafe impl Send for SendPtr {}
 
+/// Bumped in a child process after `fork()`: only the forking thread lives on there.
+static FORK_GENERATION: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn after_fork_in_child() {
+    let generation = FORK_GENERATION.fetch_add(1, Ordering::AcqRel) + 1;
+    let _ = STATE.try_with(|s| {
+        let state = s.get();
+        if !state.is_null() {
+            // SAFETY: this thread's own live state.
+            unsafe { (*state).shared.as_ref() }
+                .generation
+                .store(generation, Ordering::Release);
+        }
+    });
+}
+
+/// Makes greenlets of threads that do not exist in a forked child count as belonging to
+/// exited threads there (once per process).
+pub fn install_fork_handler() {
+    static INSTALLED: AtomicBool = AtomicBool::new(false);
+    if !INSTALLED.swap(true, Ordering::AcqRel) {
+        // SAFETY: registers a child handler that only touches atomics and thread-locals.
+        unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+    }
+}
+
 /// What other threads may know about a thread.
 pub struct ThreadShared {
     alive: AtomicBool,
+    /// `FORK_GENERATION` when the thread was last known to exist in this process.
+    generation: AtomicUsize,
     /// Greenlets of this thread whose last reference went away in another thread.
     deleteme: Mutex<Vec<SendPtr>>,
     has_deleteme: AtomicBool,
@@ -33,9 +61,11 @@ pub struct ThreadShared {
 }
 
 impl ThreadShared {
-    /// Whether the thread is still running.
+    /// Whether the thread is still running (in this process: after a fork, only the
+    /// forking thread is).
     pub fn alive(&self) -> bool {
         self.alive.load(Ordering::Acquire)
+            && self.generation.load(Ordering::Acquire) == FORK_GENERATION.load(Ordering::Acquire)
     }
 
     /// Queues a greenlet (a reference is handed over) to be dropped by this thread.
@@ -319,6 +349,7 @@ impl ThreadState {
     unsafe fn create() -> *const ThreadState {
         let shared = Arc::new(ThreadShared {
             alive: AtomicBool::new(true),
+            generation: AtomicUsize::new(FORK_GENERATION.load(Ordering::Acquire)),
             deleteme: Mutex::new(Vec::new()),
             has_deleteme: AtomicBool::new(false),
             stack_top: thread_stack_top(),

@@ -171,3 +171,51 @@ def test_a_hundred_thousand_suspended_greenlets_live_at_once_then_die():
     del glets  # each is killed with GreenletExit as its last reference goes
     assert exits == count
     assert corolet._corolet._stack_stats()["live"] == live_before
+
+
+def test_fork_child_keeps_its_greenlets_and_sees_other_threads_as_exited():
+    proc = _run(
+        """
+        import os, threading
+        import corolet
+        from corolet import greenlet, getcurrent
+
+        main = getcurrent()
+        parked = [greenlet(main.switch) for _ in range(50)]
+        for g in parked:
+            g.switch()
+        other, ready, done = [], threading.Event(), threading.Event()
+
+        def in_thread():
+            here = getcurrent()
+            g = greenlet(here.switch)
+            g.switch()
+            other.append(g)
+            ready.set()
+            done.wait()
+
+        t = threading.Thread(target=in_thread)
+        t.start()
+        ready.wait()
+        pid = os.fork()
+        if pid == 0:
+            for g in parked:
+                g.switch()  # the forking thread's greenlets resume and finish
+            assert all(g.dead for g in parked)
+            assert greenlet(lambda x: x * 2).switch(21) == 42
+            try:
+                other[0].switch()
+            except corolet.error as e:
+                print("child:", e)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        print("status", status)
+        done.set()
+        t.join()
+        """
+    )
+    assert proc.returncode == 0, proc
+    assert (
+        "child: cannot switch to a different thread (which happens to have exited)" in proc.stdout
+    )
+    assert "status 0" in proc.stdout
