@@ -268,14 +268,29 @@ unsafe fn not_a_greenlet(obj: *mut ffi::PyObject) {
 /// # Safety
 /// GIL held; called once per thread by `ThreadState`.
 pub unsafe fn new_main(thread: Arc<ThreadShared>) -> *mut ffi::PyObject {
-    let ty = globals().ty;
-    // SAFETY: allocating an instance of our own type.
+    // SAFETY: GIL held by contract.
+    unsafe {
+        alloc_greenlet(
+            globals().ty,
+            Green::new(true, ptr::null_mut(), Some(thread)),
+        )
+    }
+}
+
+/// Allocates an instance of `ty` (our type or a subtype) holding `green`. New reference,
+/// or null with an exception (then `green`'s references are dropped).
+///
+/// # Safety
+/// GIL held.
+unsafe fn alloc_greenlet(ty: *mut ffi::PyTypeObject, green: Green) -> *mut ffi::PyObject {
+    // SAFETY: GIL held; an instance of our own layout.
     unsafe {
         let obj = ffi::PyType_GenericAlloc(ty, 0);
         if obj.is_null() {
+            drop(green);
             return NULL;
         }
-        let g = alloc_green(Green::new(true, ptr::null_mut(), Some(thread)));
+        let g = alloc_green(green);
         if g.is_null() {
             ffi::Py_DECREF(obj);
             return NULL;
@@ -315,19 +330,8 @@ unsafe extern "C" fn tp_new(
                 }
                 ffi::Py_DECREF(r);
             }
-            let obj = ffi::PyType_GenericAlloc(ty, 0);
-            if obj.is_null() {
-                return NULL;
-            }
             let parent = ffi::Py_NewRef((*ts).current());
-            let g = alloc_green(Green::new(false, parent, None));
-            if g.is_null() {
-                ffi::Py_DECREF(parent);
-                ffi::Py_DECREF(obj);
-                return NULL;
-            }
-            (*(obj as *mut PyGreenlet)).pimpl = g;
-            obj
+            alloc_greenlet(ty, Green::new(false, parent, None))
         }
     })
 }
@@ -475,11 +479,7 @@ unsafe fn kill_on_dealloc(obj: *mut ffi::PyObject) -> bool {
             return false;
         }
         pystate::corolet_set_refcnt(obj, 1);
-        let saved = if ffi::PyErr_Occurred().is_null() {
-            None
-        } else {
-            Some(crate::pyerr::ErrState::fetch())
-        };
+        let saved = crate::pyerr::ErrState::take_pending();
         let old_parent = g.parent.replace(ffi::Py_NewRef((*ts).current()));
         let result = switch::kill(obj);
         if result.is_null() {

@@ -43,6 +43,21 @@ impl ErrState {
         }
     }
 
+    /// Takes the pending exception if there is one (to put back later with `restore`).
+    ///
+    /// # Safety
+    /// GIL held.
+    pub unsafe fn take_pending() -> Option<ErrState> {
+        // SAFETY: GIL held by contract.
+        unsafe {
+            if ffi::PyErr_Occurred().is_null() {
+                None
+            } else {
+                Some(Self::fetch())
+            }
+        }
+    }
+
     /// Builds the exception state from an exception instance (a new reference is taken).
     ///
     /// # Safety

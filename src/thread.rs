@@ -270,11 +270,7 @@ pub unsafe fn release_dead_threads() {
     }
     // SAFETY: GIL held; each state was leaked by its thread and is now ours alone.
     unsafe {
-        let saved = if ffi::PyErr_Occurred().is_null() {
-            None
-        } else {
-            Some(crate::pyerr::ErrState::fetch())
-        };
+        let saved = crate::pyerr::ErrState::take_pending();
         for DeadState(state) in dead {
             let state = Box::from_raw(state as *mut ThreadState);
             let queued = std::mem::take(
@@ -446,11 +442,7 @@ impl ThreadState {
         }
         // SAFETY: GIL held; the queue handed us one reference to each greenlet.
         unsafe {
-            let saved = if ffi::PyErr_Occurred().is_null() {
-                None
-            } else {
-                Some(crate::pyerr::ErrState::fetch())
-            };
+            let saved = crate::pyerr::ErrState::take_pending();
             for SendPtr(g) in queued {
                 ffi::Py_DECREF(g);
                 if !ffi::PyErr_Occurred().is_null() {
