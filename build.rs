@@ -30,6 +30,7 @@ fn main() {
 
     cc::Build::new()
         .file("src/pystate.c")
+        .file("src/gcstate.c")
         .include(&include)
         .flag_if_supported("-Wno-unused-parameter")
         .warnings(true)
@@ -37,5 +38,6 @@ fn main() {
         .compile("corolet_pystate");
 
     println!("cargo:rerun-if-changed=src/pystate.c");
+    println!("cargo:rerun-if-changed=src/gcstate.c");
     println!("cargo:rerun-if-env-changed=PYO3_PYTHON");
 }

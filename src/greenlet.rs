@@ -157,6 +157,15 @@ impl Green {
         }
     }
 
+    /// Suspended (started, not finished, not running) in a thread that is still alive; not
+    /// a main greenlet.
+    pub fn suspended_in_live_thread(&self) -> bool {
+        !self.is_main
+            && self.life.get() == Life::Active
+            && !self.running.get()
+            && !self.thread_exited()
+    }
+
     /// Dead, or active in a thread that has exited.
     pub fn is_dead(&self) -> bool {
         self.life.get() == Life::Dead || (self.life.get() == Life::Active && self.thread_exited())
@@ -475,20 +484,12 @@ unsafe fn kill_on_dealloc(obj: *mut ffi::PyObject) -> bool {
         if ts.is_null() || !Arc::ptr_eq(&(*ts).shared, &thread) {
             // Its own thread will drop it next time it runs greenlet code.
             resurrect(obj, 1);
-            thread.queue_for_deletion(obj);
+            thread.queue_for_deletion(obj, false);
             return false;
         }
         pystate::corolet_set_refcnt(obj, 1);
         let saved = crate::pyerr::ErrState::take_pending();
-        let old_parent = g.parent.replace(ffi::Py_NewRef((*ts).current()));
-        let result = switch::kill(obj);
-        if result.is_null() {
-            ffi::PyErr_WriteUnraisable(obj);
-        } else {
-            ffi::Py_DECREF(result);
-        }
-        let temp_parent = g.parent.replace(old_parent);
-        ffi::Py_DECREF(temp_parent);
+        kill_now(obj, &*ts);
         let refcnt = ffi::Py_REFCNT(obj);
         if refcnt == 1 && g.life.get() == Life::Active {
             // Caught GreenletExit and switched away without dying: complain and leak it.
@@ -512,6 +513,28 @@ unsafe fn kill_on_dealloc(obj: *mut ffi::PyObject) -> bool {
             return false;
         }
         true
+    }
+}
+
+/// Throws `GreenletExit` into a suspended greenlet of this thread, its parent being, for the
+/// time of the kill, the greenlet doing it, so that the outcome comes back here. An
+/// exception other than `GreenletExit` coming out is reported as unraisable.
+///
+/// # Safety
+/// GIL held; `obj` is a live greenlet of this thread (`ts`), with no error pending.
+pub unsafe fn kill_now(obj: *mut ffi::PyObject, ts: &ThreadState) {
+    // SAFETY: GIL held; the temporary parent is a live greenlet of this thread.
+    unsafe {
+        let g = green(obj);
+        let old_parent = g.parent.replace(ffi::Py_NewRef(ts.current()));
+        let result = switch::kill(obj);
+        if result.is_null() {
+            ffi::PyErr_WriteUnraisable(obj);
+        } else {
+            ffi::Py_DECREF(result);
+        }
+        let temp_parent = g.parent.replace(old_parent);
+        ffi::Py_DECREF(temp_parent);
     }
 }
 
@@ -556,7 +579,35 @@ unsafe extern "C" fn tp_traverse(
         visit!(g.run.get());
         visit!(g.starting_run.get());
         visit!(g.main.get());
-        pystate::corolet_pystate_traverse(g.state.as_ptr(), visit, arg)
+        let r = pystate::corolet_pystate_traverse(g.state.as_ptr(), visit, arg);
+        if r != 0 || !g.suspended_in_live_thread() {
+            return r;
+        }
+        pystate::corolet_pystate_traverse_frames(g.state.as_ptr(), visit, arg)
+    }
+}
+
+/// The collector found a greenlet unreachable. A suspended one can never be switched to
+/// again: it must be killed with `GreenletExit`, like one whose last reference goes. That
+/// means running its code, which must not happen inside a collection, so it is kept alive
+/// (resurrected) and queued; its own thread drops it the next time it runs greenlet code,
+/// and the usual kill follows. Outside a collection (a subclass being deallocated), nothing
+/// happens here: `tp_dealloc` kills it.
+unsafe extern "C" fn tp_finalize(obj: *mut ffi::PyObject) {
+    // SAFETY: called by CPython with the GIL on an instance of our type.
+    unsafe {
+        let pimpl = (*(obj as *mut PyGreenlet)).pimpl;
+        if pimpl.is_null() || !(*pimpl).suspended_in_live_thread() {
+            return;
+        }
+        if pystate::corolet_gc_collecting() == 0 {
+            return;
+        }
+        let main = (*pimpl).main.get();
+        if let Some(thread) = green(main).thread.as_ref() {
+            ffi::Py_INCREF(obj);
+            thread.queue_for_deletion(obj, true);
+        }
     }
 }
 
@@ -568,9 +619,9 @@ unsafe extern "C" fn tp_is_gc(obj: *mut ffi::PyObject) -> c_int {
             return 1;
         }
         let g = &*pimpl;
-        // A suspended greenlet's frames hold references the collector cannot see: keep it
-        // out of cycle collection (as greenlet does), unless its thread is gone.
-        (g.is_main || g.life.get() != Life::Active || g.thread_exited()) as c_int
+        // A greenlet running in some thread has its frames on that thread's stack, which
+        // the collector treats as outside references; every other greenlet takes part.
+        (!g.running.get() || g.is_main) as c_int
     }
 }
 
@@ -1020,6 +1071,7 @@ pub unsafe fn init_type(
         slot(ffi::Py_tp_dealloc, tp_dealloc as *mut c_void),
         slot(ffi::Py_tp_traverse, tp_traverse as *mut c_void),
         slot(ffi::Py_tp_clear, tp_clear as *mut c_void),
+        slot(ffi::Py_tp_finalize, tp_finalize as *mut c_void),
         slot(ffi::Py_tp_is_gc, tp_is_gc as *mut c_void),
         slot(ffi::Py_tp_repr, tp_repr as *mut c_void),
         slot(ffi::Py_nb_bool, nb_bool as *mut c_void),

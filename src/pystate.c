@@ -349,6 +349,77 @@ int corolet_pystate_traverse(corolet_pystate *s, visitproc visit, void *arg)
     return 0;
 }
 
+/*
+ * Lets the garbage collector see the references held by the Python frames of a suspended
+ * greenlet, so that reference cycles through them (a greenlet whose own frame is all that
+ * refers to it) can be found. Only references the frames own are reported, and only those
+ * CPython keeps in a known place (the function, code, locals dict, frame object and the fast
+ * locals and cells); values on a frame's evaluation stack are not, which can only make the
+ * collector keep more, never free too much.
+ */
+int corolet_pystate_traverse_frames(const corolet_pystate *s, visitproc visit, void *arg)
+{
+#if PY311
+#if PY313
+    struct _PyInterpreterFrame *f = s->current_frame;
+#else
+    struct _PyInterpreterFrame *f = s->cframe ? s->cframe->current_frame : NULL;
+#endif
+    for (; f != NULL; f = f->previous) {
+        if (f->owner != FRAME_OWNED_BY_THREAD) {
+            continue; /* generator frames are their generator's to report */
+        }
+#if PY313
+        PyCodeObject *code = (PyCodeObject *)f->f_executable;
+        Py_VISIT(f->f_executable);
+        Py_VISIT(f->f_funcobj);
+#elif PY312
+        PyCodeObject *code = f->f_code;
+        Py_VISIT(f->f_code);
+        Py_VISIT(f->f_funcobj);
+#else
+        PyCodeObject *code = f->f_code;
+        Py_VISIT(f->f_code);
+        Py_VISIT(f->f_func);
+#endif
+        Py_VISIT(f->f_locals);
+        Py_VISIT(f->frame_obj);
+        if (code == NULL || !PyCode_Check((PyObject *)code)) {
+            continue;
+        }
+        for (int i = 0; i < code->co_nlocalsplus; i++) {
+            Py_VISIT(f->localsplus[i]);
+        }
+    }
+#else
+    /* 3.10: each frame is an object owned by the evaluation call running it (on the
+     * greenlet's stack). A frame that has escaped is tracked by the collector, which then
+     * sees what it holds: report the call's reference to it. A running frame is not
+     * tracked: report what it holds ourselves (what frame_traverse would). */
+    for (PyFrameObject *f = s->frame; f != NULL; f = f->f_back) {
+        if (f->f_gen != NULL) {
+            continue;
+        }
+        if (PyObject_GC_IsTracked((PyObject *)f)) {
+            Py_VISIT(f);
+            continue;
+        }
+        PyCodeObject *code = f->f_code;
+        Py_VISIT(f->f_code);
+        Py_VISIT(f->f_builtins);
+        Py_VISIT(f->f_globals);
+        Py_VISIT(f->f_locals);
+        Py_VISIT(f->f_trace);
+        Py_ssize_t slots = code->co_nlocals + PyTuple_GET_SIZE(code->co_cellvars) +
+                           PyTuple_GET_SIZE(code->co_freevars);
+        for (Py_ssize_t i = 0; i < slots; i++) {
+            Py_VISIT(f->f_localsplus[i]);
+        }
+    }
+#endif
+    return 0;
+}
+
 /* Borrowed: the saved context, or NULL. */
 PyObject *corolet_pystate_context(const corolet_pystate *s) { return s->context; }
 

@@ -56,6 +56,14 @@ extern "C" {
     pub fn corolet_pystate_clear(s: *mut PyState);
     /// GC traversal of the references held by `s`.
     pub fn corolet_pystate_traverse(s: *mut PyState, visit: Visit, arg: *mut c_void) -> i32;
+    /// GC traversal of what the suspended frames of `s` hold (see `pystate.c`).
+    pub fn corolet_pystate_traverse_frames(
+        s: *const PyState,
+        visit: Visit,
+        arg: *mut c_void,
+    ) -> i32;
+    /// Whether the garbage collector is collecting right now (`gcstate.c`).
+    pub fn corolet_gc_collecting() -> i32;
     /// Borrowed saved context (or null).
     pub fn corolet_pystate_context(s: *const PyState) -> *mut ffi::PyObject;
     /// Replaces the saved context, stealing a reference.

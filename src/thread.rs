@@ -17,8 +17,9 @@ use std::sync::{Arc, Mutex};
 
 use pyo3::ffi;
 
-/// A greenlet pointer that may sit in another thread's queue.
-pub struct SendPtr(pub *mut ffi::PyObject);
+/// A greenlet queued for its own thread: to drop (its last reference went away in another
+/// thread), or to kill first (the garbage collector found it unreachable).
+pub struct SendPtr(pub *mut ffi::PyObject, pub bool);
 // SAFETY: the pointer is only dereferenced with the GIL held, by the owning thread.
 unsafe impl Send for SendPtr {}
 
@@ -53,7 +54,7 @@ pub struct ThreadShared {
     alive: AtomicBool,
     /// `FORK_GENERATION` when the thread was last known to exist in this process.
     generation: AtomicUsize,
-    /// Greenlets of this thread whose last reference went away in another thread.
+    /// Greenlets of this thread to drop (and maybe kill), with a reference each.
     deleteme: Mutex<Vec<SendPtr>>,
     has_deleteme: AtomicBool,
     /// High end of the thread's own stack (for `_stack_saved` of its main greenlet).
@@ -68,12 +69,13 @@ impl ThreadShared {
             && self.generation.load(Ordering::Acquire) == FORK_GENERATION.load(Ordering::Acquire)
     }
 
-    /// Queues a greenlet (a reference is handed over) to be dropped by this thread.
-    pub fn queue_for_deletion(&self, g: *mut ffi::PyObject) {
+    /// Queues a greenlet (a reference is handed over) to be dropped by this thread, after
+    /// killing it with `GreenletExit` if `kill`.
+    pub fn queue_for_deletion(&self, g: *mut ffi::PyObject, kill: bool) {
         self.deleteme
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(SendPtr(g));
+            .push(SendPtr(g, kill));
         self.has_deleteme.store(true, Ordering::Release);
     }
 }
@@ -280,7 +282,7 @@ pub unsafe fn release_dead_threads() {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner()),
             );
-            for SendPtr(g) in queued {
+            for SendPtr(g, _) in queued {
                 ffi::Py_DECREF(g);
             }
             ffi::Py_XDECREF(state.trace.replace(ptr::null_mut()));
@@ -443,7 +445,10 @@ impl ThreadState {
         // SAFETY: GIL held; the queue handed us one reference to each greenlet.
         unsafe {
             let saved = crate::pyerr::ErrState::take_pending();
-            for SendPtr(g) in queued {
+            for SendPtr(g, kill) in queued {
+                if kill && crate::greenlet::green(g).suspended_in_live_thread() {
+                    crate::greenlet::kill_now(g, self);
+                }
                 ffi::Py_DECREF(g);
                 if !ffi::PyErr_Occurred().is_null() {
                     ffi::PyErr_WriteUnraisable(ptr::null_mut());

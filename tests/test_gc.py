@@ -1,0 +1,129 @@
+"""Garbage collection: a suspended greenlet that only a reference cycle keeps alive can never
+be switched to again, so the collector finds it and it is killed with ``GreenletExit`` (its
+``finally`` blocks run) in its own thread, the next time that thread runs greenlet code.
+greenlet before 3.15 leaks such greenlets; running greenlets are never collected."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import weakref
+
+import pytest
+from corolet import GreenletExit, getcurrent, greenlet
+
+pytestmark = pytest.mark.corolet_only
+
+
+def _parked(body):
+    g = greenlet(body)
+    g.switch()
+    return g
+
+
+def test_a_greenlet_kept_only_by_its_own_frame_is_collected_and_killed():
+    main = getcurrent()
+    log = []
+
+    def body():
+        me = getcurrent()  # the only reference: a local of its own suspended frame
+        try:
+            main.switch()
+        except GreenletExit:
+            log.append("exit")
+            raise
+        finally:
+            log.append(f"finally {me is getcurrent()}")
+
+    g = _parked(body)
+    ref = weakref.ref(g)
+    del g
+    gc.collect()
+    assert log == []  # not inside the collection: killed when this thread next uses greenlets
+    getcurrent()
+    assert log == ["exit", "finally True"]
+    gc.collect()
+    assert ref() is None
+
+
+def test_a_cycle_through_the_greenlets_dict_is_collected():
+    main = getcurrent()
+    log = []
+
+    def body():
+        try:
+            main.switch()
+        finally:
+            log.append("finally")
+
+    g = _parked(body)
+    holder = [g]
+    g.holder = holder
+    del g, holder
+    gc.collect()
+    getcurrent()
+    assert log == ["finally"]
+
+
+def test_a_suspended_greenlet_referenced_from_outside_is_left_alone():
+    main = getcurrent()
+
+    def body():
+        me = getcurrent()
+        main.switch()
+        return me is getcurrent()
+
+    g = _parked(body)
+    gc.collect()
+    getcurrent()
+    assert g and not g.dead
+    assert g.switch() is True
+
+
+def test_objects_only_the_suspended_frames_hold_survive_a_collection():
+    main = getcurrent()
+
+    class Payload:
+        pass
+
+    def body():
+        payload = Payload()
+        ref = weakref.ref(payload)
+        main.switch(ref)
+        return payload
+
+    g = greenlet(body)
+    ref = g.switch()
+    gc.collect()
+    assert ref() is not None
+    assert g.switch() is ref()
+
+
+def test_a_cyclic_greenlet_of_another_thread_is_killed_in_that_thread():
+    log = []
+    ready = threading.Event()
+    collected = threading.Event()
+
+    def in_thread():
+        here = getcurrent()
+
+        def body():
+            me = getcurrent()
+            try:
+                here.switch()
+            finally:
+                log.append((me is getcurrent(), threading.current_thread().name))
+
+        greenlet(body).switch()
+        ready.set()
+        collected.wait(10)
+        getcurrent()  # greenlet code in this thread: the queued kill happens here
+
+    t = threading.Thread(target=in_thread, name="owner")
+    t.start()
+    ready.wait(10)
+    gc.collect()
+    assert log == []
+    collected.set()
+    t.join(10)
+    assert log == [(True, "owner")]
