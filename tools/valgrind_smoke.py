@@ -67,6 +67,24 @@ def killed():
     assert seen == ["exit"]
 
 
+def collected_cycle():
+    import gc
+
+    log = []
+
+    def body():
+        me = getcurrent()  # only its own frame refers to it
+        try:
+            main.switch()
+        finally:
+            log.append(me is getcurrent())
+
+    greenlet(body).switch()
+    gc.collect()
+    getcurrent()  # the collector queued it: killed here
+    assert log == [True]
+
+
 def errors():
     def boom():
         raise ValueError("x")
@@ -120,6 +138,7 @@ for _ in range(3):
     chain()
     deep()
     killed()
+    collected_cycle()
     errors()
     contexts()
     in_thread()
