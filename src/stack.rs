@@ -10,28 +10,35 @@
 //! `vm.max_map_count`. Where the kernel lacks it (`EINVAL`), `mprotect(PROT_NONE)` is the
 //! fallback, which costs one extra mapping per stack.
 //!
-//! Reuse: a returned stack goes on its size class's free list. The first `WARM_STACKS` free
-//! stacks keep their pages (re-faulting a page costs more than creating a greenlet); beyond
-//! those, the touched pages are handed back to the OS with `MADV_DONTNEED` before the stack is
-//! listed. Slabs are never unmapped: their address space is reused.
+//! Reuse: a returned stack joins its size class's warm set (up to `WARM_STACKS`, handed out
+//! first, pages kept: re-faulting a page costs more than creating a greenlet); beyond that its
+//! touched pages go back to the OS with `MADV_DONTNEED` and its slot is marked free in its
+//! slab's bitmap. Slabs are cut from large address-space reservations and never unmapped.
 //!
 //! Scratch area: the top `SCRATCH_BYTES` of every slot are not part of the native stack but a
 //! small area the layer above may use for data that lives exactly as long as the stack (the
 //! interpreter's first data-stack chunk). It shares its page with the top of the stack, so a
 //! parked greenlet that uses both touches as few pages as possible.
 //!
-//! Invariants: a `PooledStack` is owned by exactly one coroutine (or by the free list); its
+//! Invariants: a `PooledStack` is owned by exactly one coroutine (or is free in the pool); its
 //! `base()` is the low end of the scratch area and `limit()` the low end of its guard page,
 //! both 16-byte aligned. This module knows nothing of Python.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use corosensei::stack::{Stack, StackPointer};
 
-/// Stacks per slab: a slab of 1 MiB stacks reserves 64 MiB of address space.
+/// Stacks per slab (one bit each in the slab's free bitmap): a slab of 8 MiB stacks is
+/// 512 MiB of address space.
 const SLOTS_PER_SLAB: usize = 64;
+/// Address space reserved at a time, from which slabs are cut (256 slabs of 8 MiB stacks).
+/// Keeping all stacks in a few large reservations keeps other mappings (Python's object
+/// arenas) out of the range they span: interleaved, those cost the allocator's address index
+/// a node per arena region, memory that stays after the greenlets are gone.
+const REGION_BYTES: usize = 1 << 37;
 /// Free stacks per size class that keep their pages resident.
 const WARM_STACKS: usize = 32;
 /// `MADV_GUARD_INSTALL` (Linux 6.13+); not yet in every libc crate release.
@@ -108,6 +115,28 @@ impl Drop for PooledStack {
     }
 }
 
+/// Reserves `len` bytes of address space: no access, no memory, no commit charge, huge pages
+/// off (stacks want small pages). One mapping however many slabs are later cut from it.
+fn reserve(len: usize) -> io::Result<usize> {
+    // SAFETY: an anonymous private mapping at an address of the kernel's choosing.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: advice on our own fresh mapping; failure only loses the hint.
+    unsafe { libc::madvise(base, len, libc::MADV_NOHUGEPAGE) };
+    Ok(base as usize)
+}
+
 /// How guard pages are installed on this kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GuardKind {
@@ -117,14 +146,22 @@ pub enum GuardKind {
     Mprotect,
 }
 
+/// The stacks of one size: a few warm ones (pages still resident, handed out first), and a
+/// bitmap of cold free slots per slab, so that bookkeeping costs per slab, not per stack.
 struct SizeClass {
     size: usize,
-    free: Vec<usize>,
-    /// How many stacks on `free` still hold their pages.
-    warm: usize,
+    /// Free stacks that keep their pages (at most `WARM_STACKS`).
+    warm: Vec<usize>,
+    /// Slab base -> bitmap of its cold free slots (bit i: slot i).
+    slabs: BTreeMap<usize, u64>,
+    /// Slabs with at least one cold free slot.
+    with_free: Vec<usize>,
 }
 
 struct Pool {
+    /// The unused rest of the current reservation.
+    region_next: usize,
+    region_end: usize,
     stack_size: usize,
     classes: Vec<SizeClass>,
     guard_kind: Option<GuardKind>,
@@ -133,12 +170,51 @@ struct Pool {
 }
 
 static POOL: Mutex<Pool> = Mutex::new(Pool {
+    region_next: 0,
+    region_end: 0,
     stack_size: 0,
     classes: Vec::new(),
     guard_kind: None,
     slabs: 0,
     live: 0,
 });
+
+impl SizeClass {
+    fn slot(&self) -> usize {
+        self.size + page_size()
+    }
+
+    fn take_cold(&mut self) -> Option<usize> {
+        let slot = self.slot();
+        while let Some(&base) = self.with_free.last() {
+            let mask = self.slabs.get_mut(&base).expect("listed slab exists");
+            if *mask == 0 {
+                self.with_free.pop();
+                continue;
+            }
+            let i = mask.trailing_zeros() as usize;
+            *mask &= !(1u64 << i);
+            if *mask == 0 {
+                self.with_free.pop();
+            }
+            return Some(base + i * slot);
+        }
+        None
+    }
+
+    fn put_cold(&mut self, guard: usize) {
+        let slot = self.slot();
+        let (&base, mask) = self
+            .slabs
+            .range_mut(..=guard)
+            .next_back()
+            .expect("a stack comes from one of our slabs");
+        if *mask == 0 {
+            self.with_free.push(base);
+        }
+        *mask |= 1u64 << ((guard - base) / slot);
+    }
+}
 
 impl Pool {
     fn class(&mut self, size: usize) -> &mut SizeClass {
@@ -147,8 +223,9 @@ impl Pool {
             None => {
                 self.classes.push(SizeClass {
                     size,
-                    free: Vec::new(),
-                    warm: 0,
+                    warm: Vec::new(),
+                    slabs: BTreeMap::new(),
+                    with_free: Vec::new(),
                 });
                 self.classes.len() - 1
             }
@@ -158,9 +235,7 @@ impl Pool {
 
     fn take(&mut self, size: usize) -> io::Result<usize> {
         let class = self.class(size);
-        if let Some(guard) = class.free.pop() {
-            // Warm stacks sit at the end: the one popped was warm if any were.
-            class.warm = class.warm.saturating_sub(1);
+        if let Some(guard) = class.warm.pop().or_else(|| class.take_cold()) {
             self.live += 1;
             return Ok(guard);
         }
@@ -172,69 +247,69 @@ impl Pool {
         self.live -= 1;
         let page = page_size();
         let class = self.class(size);
-        if class.warm < WARM_STACKS {
-            class.warm += 1;
-            // Warm stacks sit at the end of the list, where `take` pops first.
-            class.free.push(guard);
-        } else {
-            // SAFETY: the usable range of this slot is our own mapping and nothing lives on
-            // it any more (its coroutine has finished or was reset).
-            unsafe {
-                libc::madvise(
-                    (guard + page) as *mut libc::c_void,
-                    size,
-                    libc::MADV_DONTNEED,
-                );
-            }
-            let warm = class.warm;
-            let at = class.free.len() - warm;
-            class.free.insert(at, guard);
+        if class.warm.len() < WARM_STACKS {
+            class.warm.push(guard);
+            return;
         }
+        // SAFETY: the usable range of this slot is our own mapping and nothing lives on it
+        // any more (its coroutine has finished or was reset).
+        unsafe {
+            libc::madvise(
+                (guard + page) as *mut libc::c_void,
+                size,
+                libc::MADV_DONTNEED,
+            );
+        }
+        class.put_cold(guard);
     }
 
     fn new_slab(&mut self, size: usize) -> io::Result<()> {
         let page = page_size();
         let slot = size + page;
         let len = slot * SLOTS_PER_SLAB;
-        // SAFETY: an anonymous private mapping at an address of the kernel's choosing.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let base = base as usize;
-        // SAFETY: advice on our own fresh mapping; failure only loses the hint.
-        unsafe {
-            libc::madvise(base as *mut libc::c_void, len, libc::MADV_NOHUGEPAGE);
-        }
+        let base = self.carve(len)?;
         for i in 0..SLOTS_PER_SLAB {
             let guard = base + i * slot;
             if let Err(e) = self.install_guard(guard, page) {
-                // SAFETY: unmapping the slab we just mapped; no stack was handed out from it.
-                unsafe { libc::munmap(base as *mut libc::c_void, len) };
+                // SAFETY: back to reserved-only; no stack was handed out from this slab.
+                unsafe { libc::mprotect(base as *mut libc::c_void, len, libc::PROT_NONE) };
                 return Err(e);
             }
         }
         self.slabs += 1;
         record_slab(base, slot, size);
         let class = self.class(size);
-        // Fresh stacks go below the warm ones: they hold no pages yet.
-        let warm = class.warm;
-        let at = class.free.len() - warm;
-        class
-            .free
-            .splice(at..at, (0..SLOTS_PER_SLAB).rev().map(|i| base + i * slot));
+        class.slabs.insert(base, u64::MAX);
+        class.with_free.push(base);
         Ok(())
     }
 
+    /// `len` bytes of fresh read-write address space for a slab, cut from the current
+    /// region; a new region is reserved when it runs out.
+    fn carve(&mut self, len: usize) -> io::Result<usize> {
+        if self.region_next + len > self.region_end {
+            let want = REGION_BYTES.max(len);
+            let (base, size) = reserve(want)
+                .map(|b| (b, want))
+                .or_else(|_| reserve(len).map(|b| (b, len)))?;
+            self.region_next = base;
+            self.region_end = base + size;
+        }
+        let base = self.region_next;
+        // SAFETY: making a never-used piece of our own reservation accessible.
+        let rc = unsafe {
+            libc::mprotect(
+                base as *mut libc::c_void,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.region_next += len;
+        Ok(base)
+    }
     fn install_guard(&mut self, addr: usize, page: usize) -> io::Result<()> {
         if self.guard_kind != Some(GuardKind::Mprotect) {
             // SAFETY: advice on one page of our own mapping.
