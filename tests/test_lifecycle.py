@@ -31,21 +31,22 @@ def down(n=0):
 
 C_LEVELS_COUNTED = sys.version_info >= (3, 12)
 
+# Overflows a 128 KiB greenlet stack on 3.10/3.11 (recursion limit raised out of the way).
+OVERFLOW = """
+import sys, corolet
+sys.setrecursionlimit(10**6)
+corolet.stack_size(128 * 1024)
+def down(n=0):
+    return list(map(down, [n + 1]))
+corolet.greenlet(down).switch()
+"""
+
 
 @pytest.mark.skipif(C_LEVELS_COUNTED, reason="3.12+ counts C recursion: see the next test")
 def test_stack_overflow_in_a_greenlet_names_the_stack_size_setting():
     # 3.10 and 3.11 count C and Python recursion together, against sys.setrecursionlimit
     # only: with the limit raised, a small stack overflows.
-    proc = _run(
-        """
-        import sys, corolet
-        sys.setrecursionlimit(10**6)
-        corolet.stack_size(128 * 1024)
-        def down(n=0):
-            return list(map(down, [n + 1]))
-        corolet.greenlet(down).switch()
-        """
-    )
+    proc = _run(OVERFLOW)
     assert proc.returncode < 0, proc
     assert "a greenlet overflowed its native stack (128 KiB)" in proc.stderr
     assert "corolet.stack_size(" in proc.stderr
@@ -75,22 +76,11 @@ def test_small_stacks_get_a_c_recursion_budget_that_fits_them():
 def test_stack_overflow_message_comes_before_faulthandlers_traceback():
     # faulthandler enabled first (-X faulthandler, PYTHONFAULTHANDLER, pytest): corolet's
     # handler writes its message, then hands the signal on to faulthandler's.
-    proc = _run(
-        """
-        import faulthandler
-        faulthandler.enable()
-        import sys, corolet
-        sys.setrecursionlimit(10**6)
-        corolet.stack_size(128 * 1024)
-        def down(n=0):
-            return list(map(down, [n + 1]))
-        corolet.greenlet(down).switch()
-        """
-    )
+    proc = _run("import faulthandler\nfaulthandler.enable()\n" + OVERFLOW)
     assert proc.returncode < 0, proc
     assert "overflowed its native stack" in proc.stderr
     assert "Fatal Python error" in proc.stderr
-    assert "line 8 in down" in proc.stderr
+    assert "line 8 in down" in proc.stderr  # faulthandler's traceback of the recursion
     assert proc.stderr.index("overflowed") < proc.stderr.index("Fatal Python error")
 
 
