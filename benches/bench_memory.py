@@ -9,7 +9,9 @@ deep, in ``main.switch()``), measures, then drops them all (each is killed with
 - page tables: ``VmPTE``, kernel memory RSS leaves out (a native stack per greenlet costs
   about one page-table page; greenlet's copied stacks cost almost none);
 - create + park and kill times;
-- RSS left once all are killed, against where the process started.
+- RSS left once all are killed, against where the process started; next to it, what the same
+  harness leaves with N plain ``object()`` instances in place of greenlets (Python's own
+  allocator keeps some of a crowd's memory), so that the greenlets' own share can be read off.
 
 greenlet comes from ``<repo>/.venv-bench-greenlet-<version>`` (made by bench_greenlet.py's
 helper on the same interpreter). ``--fast`` runs 10,000 only.
@@ -23,6 +25,24 @@ import subprocess
 import sys
 
 import bench_greenlet as common
+
+CONTROL = r"""
+import gc, json, sys
+n = int(sys.argv[1])
+
+def rss():
+    with open("/proc/self/status") as f:
+        return int(next(l for l in f if l.startswith("VmRSS")).split()[1]) * 1024
+
+warm = [object() for _ in range(1000)]
+del warm
+gc.collect()
+before = rss()
+objs = [object() for _ in range(n)]
+del objs
+gc.collect()
+print(json.dumps({"rss_left_mb": (rss() - before) / 1e6}))
+"""
 
 WORKER = r"""
 import gc, json, sys, time
@@ -87,20 +107,28 @@ def run(python: str, module: str, n: int) -> dict:
     return result
 
 
-def table(rows: list[tuple[int, dict, dict]]) -> str:
+def control(python: str, n: int) -> float:
+    out = subprocess.run(
+        [python, "-c", CONTROL, str(n)], capture_output=True, text=True, timeout=600, check=True
+    )
+    return json.loads(out.stdout)["rss_left_mb"]
+
+
+def table(rows: list[tuple[int, dict, dict, float]]) -> str:
     lines = [
         "| greenlets | RSS per parked (corolet / greenlet) | page tables per parked "
-        "| create + park µs | kill µs | RSS left after kill, MB (start) |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| create + park µs | kill µs | RSS left after kill, MB (start) "
+        "| same with plain objects, MB |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for n, c, g in rows:
+    for n, c, g, plain in rows:
         lines.append(
             f"| {n:,} | {c['rss_per']:,.0f} B / {g['rss_per']:,.0f} B "
             f"| {c['pte_per']:,.0f} B / {g['pte_per']:,.0f} B "
             f"| {c['create_us']:.2f} / {g['create_us']:.2f} "
             f"| {c['kill_us']:.2f} / {g['kill_us']:.2f} "
             f"| {c['rss_left_mb']:+.1f} ({c['rss_start_mb']:.0f}) / "
-            f"{g['rss_left_mb']:+.1f} ({g['rss_start_mb']:.0f}) |"
+            f"{g['rss_left_mb']:+.1f} ({g['rss_start_mb']:.0f}) | {plain:+.1f} |"
         )
     return "\n".join(lines)
 
@@ -115,7 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     env = common.probe(args.python, "corolet")
     greenlet_python = common.greenlet_venv(args.python, env["sys_version"], env["version"])
     rows = [
-        (n, run(args.python, "corolet", n), run(greenlet_python, "greenlet", n)) for n in counts
+        (
+            n,
+            run(args.python, "corolet", n),
+            run(greenlet_python, "greenlet", n),
+            control(args.python, n),
+        )
+        for n in counts
     ]
     mach = common.machine()
     print(

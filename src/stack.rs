@@ -115,13 +115,20 @@ impl Drop for PooledStack {
     }
 }
 
-/// Reserves `len` bytes of address space: no access, no memory, no commit charge, huge pages
-/// off (stacks want small pages). One mapping however many slabs are later cut from it.
-fn reserve(len: usize) -> io::Result<usize> {
-    // SAFETY: an anonymous private mapping at an address of the kernel's choosing.
+/// Where the first reservation is asked for (a hint the kernel may ignore): far below the
+/// area where the kernel places other mappings by default, so that stacks and everything else
+/// (Python's object arenas above all) each stay in one compact range.
+const FIRST_REGION_HINT: usize = 1 << 44;
+
+/// Reserves `len` bytes of address space, at `hint` if that is free: no access, no memory, no
+/// commit charge, huge pages off (stacks want small pages). One mapping however many slabs
+/// are later cut from it.
+fn reserve(hint: usize, len: usize) -> io::Result<usize> {
+    // SAFETY: an anonymous private mapping; the address is only a hint (no MAP_FIXED), so
+    // nothing already mapped can be replaced.
     let base = unsafe {
         libc::mmap(
-            std::ptr::null_mut(),
+            hint as *mut libc::c_void,
             len,
             libc::PROT_NONE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
@@ -289,9 +296,15 @@ impl Pool {
     fn carve(&mut self, len: usize) -> io::Result<usize> {
         if self.region_next + len > self.region_end {
             let want = REGION_BYTES.max(len);
-            let (base, size) = reserve(want)
+            // Next to the previous reservation, so that all stacks stay in one range.
+            let hint = if self.region_end == 0 {
+                FIRST_REGION_HINT
+            } else {
+                self.region_end
+            };
+            let (base, size) = reserve(hint, want)
                 .map(|b| (b, want))
-                .or_else(|_| reserve(len).map(|b| (b, len)))?;
+                .or_else(|_| reserve(hint, len).map(|b| (b, len)))?;
             self.region_next = base;
             self.region_end = base + size;
         }
