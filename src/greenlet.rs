@@ -102,6 +102,16 @@ impl Green {
         }
     }
 
+    /// What a hop to this greenlet names: its fiber, or null for a main greenlet (which runs
+    /// on its thread's own stack).
+    pub fn hop_target(&self) -> *const Fiber<Payload> {
+        if self.is_main {
+            ptr::null()
+        } else {
+            &self.fiber
+        }
+    }
+
     /// The main greenlet of the thread it belongs to, by its lineage (borrowed, may be
     /// null when the chain is broken).
     pub fn lineage_main(&self, me: *mut ffi::PyObject) -> *mut ffi::PyObject {

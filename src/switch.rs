@@ -18,7 +18,7 @@ use std::ptr;
 
 use pyo3::ffi;
 
-use crate::fiber::{run_from_main, Fiber, Hop};
+use crate::fiber::{run_from_main, Hop};
 use crate::greenlet::{globals, green, Life};
 use crate::messages as msg;
 use crate::pyerr::{guard, none, set_error, set_error_str, ErrState, NULL};
@@ -226,11 +226,7 @@ unsafe fn transfer(
             }
             return Err(());
         }
-        let to = if dg.is_main {
-            ptr::null()
-        } else {
-            &dg.fiber as *const Fiber<Payload>
-        };
+        let to = dg.hop_target();
         let cg = green(cur);
         let marker = 0u8;
         cg.saved_sp
@@ -347,7 +343,10 @@ pub unsafe fn switch_to(target: *mut ffi::PyObject, kind: Kind) -> *mut ffi::PyO
     unsafe {
         let ts = ThreadState::get();
         if ts.is_null() {
-            drop(Payload::new(target, kind));
+            drop(Payload {
+                origin: ptr::null_mut(),
+                kind: Some(kind),
+            });
             return NULL;
         }
         let ts = &*ts;
@@ -496,13 +495,10 @@ unsafe fn run_and_finish(g: *mut ffi::PyObject, first: Payload) -> Hop<Payload> 
             }
             match resolve(ts, parent) {
                 Ok(dest) => {
-                    let dg = green(dest);
-                    let to = if dg.is_main {
-                        ptr::null()
-                    } else {
-                        &dg.fiber as *const Fiber<Payload>
+                    return Hop {
+                        to: green(dest).hop_target(),
+                        payload,
                     };
-                    return Hop { to, payload };
                 }
                 Err(()) => {
                     // The outcome could not be delivered there: the new error goes on up.

@@ -69,6 +69,13 @@ impl ThreadShared {
             && self.generation.load(Ordering::Acquire) == FORK_GENERATION.load(Ordering::Acquire)
     }
 
+    /// Empties the queue, handing over the references it held.
+    fn take_deleteme(&self) -> Vec<SendPtr> {
+        let queued = std::mem::take(&mut *self.deleteme.lock().unwrap_or_else(|e| e.into_inner()));
+        self.has_deleteme.store(false, Ordering::Release);
+        queued
+    }
+
     /// Queues a greenlet (a reference is handed over) to be dropped by this thread, after
     /// killing it with `GreenletExit` if `kill`.
     pub fn queue_for_deletion(&self, g: *mut ffi::PyObject, kill: bool) {
@@ -275,14 +282,7 @@ pub unsafe fn release_dead_threads() {
         let saved = crate::pyerr::ErrState::take_pending();
         for DeadState(state) in dead {
             let state = Box::from_raw(state as *mut ThreadState);
-            let queued = std::mem::take(
-                &mut *state
-                    .shared
-                    .deleteme
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()),
-            );
-            for SendPtr(g, _) in queued {
+            for SendPtr(g, _) in state.shared.take_deleteme() {
                 ffi::Py_DECREF(g);
             }
             ffi::Py_XDECREF(state.trace.replace(ptr::null_mut()));
@@ -431,14 +431,7 @@ impl ThreadState {
 
     #[cold]
     unsafe fn drain_deleteme_slow(&self) {
-        let queued = std::mem::take(
-            &mut *self
-                .shared
-                .deleteme
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
-        self.shared.has_deleteme.store(false, Ordering::Release);
+        let queued = self.shared.take_deleteme();
         if queued.is_empty() {
             return;
         }
