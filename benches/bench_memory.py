@@ -9,9 +9,10 @@ deep, in ``main.switch()``), measures, then drops them all (each is killed with
 - page tables: ``VmPTE``, kernel memory RSS leaves out (a native stack per greenlet costs
   about one page-table page; greenlet's copied stacks cost almost none);
 - create + park and kill times;
-- RSS left once all are killed, against where the process started; next to it, what the same
-  harness leaves with N plain ``object()`` instances in place of greenlets (Python's own
-  allocator keeps some of a crowd's memory), so that the greenlets' own share can be read off.
+- RSS and page tables left once all are killed, against where the process started; next to
+  it, what the same harness leaves with N plain ``object()`` instances in place of greenlets
+  (Python's own allocator keeps some of a crowd's memory), so that the greenlets' own share
+  can be read off.
 
 greenlet comes from ``<repo>/.venv-bench-greenlet-<version>`` (made by bench_greenlet.py's
 helper on the same interpreter). ``--fast`` runs 10,000 only.
@@ -26,34 +27,42 @@ import sys
 
 import bench_greenlet as common
 
-CONTROL = r"""
-import gc, json, sys
+# Both workers keep nothing allocated while the crowd lives that outlives it: readings and
+# timings go into buffers made beforehand and are parsed once the crowd is gone. (A single
+# float or dict kept from the middle of the run pins a 1 MiB object arena of Python's, which
+# would be counted against whatever is measured.)
+COMMON = r"""
+import array, gc, json, sys, time
+readings = [bytearray(16384) for _ in range(3)]
+lengths = array.array("q", [0, 0, 0])
+times = array.array("d", [0.0] * 4)
+
+def read_status(i):
+    with open("/proc/self/status", "rb", buffering=0) as f:
+        lengths[i] = f.readinto(readings[i])
+
+def status(i):
+    text = bytes(readings[i][: lengths[i]]).decode()
+    fields = dict(line.split(":", 1) for line in text.splitlines())
+    return {k: int(fields[k].split()[0]) * 1024 for k in ("VmRSS", "VmPTE")}
+"""
+
+CONTROL = COMMON + r"""
 n = int(sys.argv[1])
-
-def rss():
-    with open("/proc/self/status") as f:
-        return int(next(l for l in f if l.startswith("VmRSS")).split()[1]) * 1024
-
 warm = [object() for _ in range(1000)]
 del warm
 gc.collect()
-before = rss()
+read_status(0)
 objs = [object() for _ in range(n)]
 del objs
 gc.collect()
-print(json.dumps({"rss_left_mb": (rss() - before) / 1e6}))
+read_status(2)
+print(json.dumps({"rss_left_mb": (status(2)["VmRSS"] - status(0)["VmRSS"]) / 1e6}))
 """
 
-WORKER = r"""
-import gc, json, sys, time
+WORKER = COMMON + r"""
 impl = __import__(sys.argv[1])
 n = int(sys.argv[2])
-
-def status():
-    with open("/proc/self/status") as f:
-        fields = dict(line.split(":", 1) for line in f)
-    return {k: int(fields[k].split()[0]) * 1024 for k in ("VmRSS", "VmPTE")}
-
 main = impl.getcurrent()
 
 def body():
@@ -70,28 +79,30 @@ for g in warm:
     g.switch()
 del warm, g
 gc.collect()
-before = status()
-t0 = time.perf_counter()
+read_status(0)
+times[0] = time.perf_counter()
 glets = [impl.greenlet(body) for _ in range(n)]
 for g in glets:
     g.switch()
 del g
-t1 = time.perf_counter()
-parked = status()
-alive = sum(1 for g in glets if g)
-t2 = time.perf_counter()
+times[1] = time.perf_counter()
+read_status(1)
+alive = sum(1 for g in glets if g) == n
+times[2] = time.perf_counter()
 del glets
 gc.collect()
-t3 = time.perf_counter()
-after = status()
+times[3] = time.perf_counter()
+read_status(2)
+before, parked, after = status(0), status(1), status(2)
 print(json.dumps({
     "alive": alive,
     "rss_per": (parked["VmRSS"] - before["VmRSS"]) / n,
     "pte_per": (parked["VmPTE"] - before["VmPTE"]) / n,
-    "create_us": (t1 - t0) / n * 1e6,
-    "kill_us": (t3 - t2) / n * 1e6,
+    "create_us": (times[1] - times[0]) / n * 1e6,
+    "kill_us": (times[3] - times[2]) / n * 1e6,
     "rss_start_mb": before["VmRSS"] / 1e6,
     "rss_left_mb": (after["VmRSS"] - before["VmRSS"]) / 1e6,
+    "pte_left_mb": (after["VmPTE"] - before["VmPTE"]) / 1e6,
 }))
 """
 
@@ -103,7 +114,7 @@ def run(python: str, module: str, n: int) -> dict:
     if out.returncode != 0:
         raise common.BenchError(f"{module} with {n} greenlets failed:\n{out.stderr[-2000:]}")
     result = json.loads(out.stdout)
-    common.check(result["alive"] == n, f"{module}: all {n} greenlets parked")
+    common.check(result["alive"], f"{module}: all {n} greenlets parked")
     return result
 
 
@@ -118,8 +129,8 @@ def table(rows: list[tuple[int, dict, dict, float]]) -> str:
     lines = [
         "| greenlets | RSS per parked (corolet / greenlet) | page tables per parked "
         "| create + park µs | kill µs | RSS left after kill, MB (start) "
-        "| same with plain objects, MB |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| page tables left, MB | same RSS with plain objects, MB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n, c, g, plain in rows:
         lines.append(
@@ -128,7 +139,8 @@ def table(rows: list[tuple[int, dict, dict, float]]) -> str:
             f"| {c['create_us']:.2f} / {g['create_us']:.2f} "
             f"| {c['kill_us']:.2f} / {g['kill_us']:.2f} "
             f"| {c['rss_left_mb']:+.1f} ({c['rss_start_mb']:.0f}) / "
-            f"{g['rss_left_mb']:+.1f} ({g['rss_start_mb']:.0f}) | {plain:+.1f} |"
+            f"{g['rss_left_mb']:+.1f} ({g['rss_start_mb']:.0f}) "
+            f"| {c['pte_left_mb']:+.1f} / {g['pte_left_mb']:+.1f} | {plain:+.1f} |"
         )
     return "\n".join(lines)
 

@@ -51,6 +51,10 @@ pub const NULL_WITHOUT_ERROR: &CStr = c"Greenlet.switch() returned NULL without 
 
 // Ours.
 pub fn no_stack(err: &std::io::Error) -> String {
+    if err.get_ref().is_some() {
+        // The pool's own diagnosis, with its own advice.
+        return format!("cannot allocate a stack for a new greenlet: {err}");
+    }
     format!(
         "cannot allocate a stack for a new greenlet ({err}); \
          lower corolet.stack_size() or keep fewer greenlets alive"

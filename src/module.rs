@@ -127,14 +127,16 @@ fn stack_size(size: Option<usize>) -> PyResult<usize> {
     }
 }
 
-/// Figures about the native stack pool: stacks in use, slabs mapped, how guard pages are
-/// installed (`"madvise"`: no extra mapping per stack; `"mprotect"`: one; None: no slab yet).
+/// Figures about the native stack pool: stacks in use, slabs read-write, slab releases so far, how
+/// guard pages are installed (`"madvise"`: no extra mapping per stack; `"mprotect"`: one;
+/// None: no stack yet).
 #[pyfunction]
 fn _stack_stats(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
     let stats = stack::pool_stats();
     let d = pyo3::types::PyDict::new(py);
     d.set_item("live", stats.live)?;
     d.set_item("slabs", stats.slabs)?;
+    d.set_item("releases", stats.releases)?;
     d.set_item(
         "guard",
         stats.guard_kind.map(|k| match k {

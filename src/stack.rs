@@ -1,19 +1,31 @@
 //! Native stacks for greenlets, handed out by a process-wide pool.
 //!
-//! Model: stacks are carved out of large *slabs*, each one anonymous mapping reserved with
-//! `MAP_NORESERVE`, so address space is reserved but a page costs memory only once it is
-//! touched. A slab holds `SLOTS_PER_SLAB` slots; a slot is one guard page followed by the
-//! usable stack (stacks grow down, so the guard sits below each stack).
+//! Model: each stack size has its own *regions*, large address-space reservations
+//! (`PROT_NONE`, `MAP_NORESERVE`: no memory, no commit charge), cut into *slabs* of
+//! `SLOTS_PER_SLAB` slots. A slot is one guard page followed by the usable stack (stacks grow
+//! down, so the guard sits below each stack). A slab is made read-write when first needed; a
+//! page costs memory only once touched.
 //!
-//! Guards: `madvise(MADV_GUARD_INSTALL)` (Linux 6.13+) makes the page fault on access without
-//! splitting the mapping, so a slab of any number of stacks stays *one* entry against
-//! `vm.max_map_count`. Where the kernel lacks it (`EINVAL`), `mprotect(PROT_NONE)` is the
-//! fallback, which costs one extra mapping per stack.
+//! Guards: `madvise(MADV_GUARD_INSTALL)` (Linux 6.13+) makes a page fault on access without
+//! splitting the mapping, so any number of stacks stays a handful of entries against
+//! `vm.max_map_count`. Where the kernel lacks it, `mprotect(PROT_NONE)` is the fallback,
+//! which costs one extra mapping per stack (about 32,000 stacks under the default limit).
 //!
-//! Reuse: a returned stack joins its size class's warm set (up to `WARM_STACKS`, handed out
-//! first, pages kept: re-faulting a page costs more than creating a greenlet); beyond that its
-//! touched pages go back to the OS with `MADV_DONTNEED` and its slot is marked free in its
-//! slab's bitmap. Slabs are cut from large address-space reservations and never unmapped.
+//! Reuse and giving memory back, cheapest first:
+//! - a returned stack joins its size's warm set (up to `WARM_STACKS`, handed out first, pages
+//!   kept: re-faulting a page costs more than creating a greenlet);
+//! - beyond that it goes *cold*: its pages go back to the OS (`MADV_DONTNEED`) and, with
+//!   madvise guards, its guard is removed too, so that the page tables that held its pages can
+//!   be freed by the kernel (Linux 6.15+ frees empty ones on `MADV_DONTNEED`); the guard is
+//!   put back when the slot is handed out again;
+//! - a slab whose slots are all cold is *released* (one per size is kept as a spare, so that
+//!   a crowd going up and down by a few stacks does not release and re-make a slab each
+//!   time): mapped afresh as `PROT_NONE`, which frees its pages, page tables and guards on any
+//!   kernel. Its address range stays reserved and is reused first.
+//!
+//! Both the warm set and the spare prefer low addresses, so that a shrinking crowd leaves the
+//! high end of its regions free to be released and its bookkeeping dropped.
+//! Bookkeeping costs per slab (a 64-bit free mask), not per stack.
 //!
 //! Scratch area: the top `SCRATCH_BYTES` of every slot are not part of the native stack but a
 //! small area the layer above may use for data that lives exactly as long as the stack (the
@@ -22,33 +34,53 @@
 //!
 //! Invariants: a `PooledStack` is owned by exactly one coroutine (or is free in the pool); its
 //! `base()` is the low end of the scratch area and `limit()` the low end of its guard page,
-//! both 16-byte aligned. This module knows nothing of Python.
+//! both 16-byte aligned; a stack handed out always has its guard installed. This module knows
+//! nothing of Python.
 
-use std::collections::BTreeMap;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use corosensei::stack::{Stack, StackPointer};
 
-/// Stacks per slab (one bit each in the slab's free bitmap): a slab of 8 MiB stacks is
+/// Stacks per slab (one bit each in the slab's free mask): a slab of 8 MiB stacks is
 /// 512 MiB of address space.
 const SLOTS_PER_SLAB: usize = 64;
-/// Address space reserved at a time, from which slabs are cut (256 slabs of 8 MiB stacks).
-/// Keeping all stacks in a few large reservations keeps other mappings (Python's object
-/// arenas) out of the range they span: interleaved, those cost the allocator's address index
-/// a node per arena region, memory that stays after the greenlets are gone.
-const REGION_BYTES: usize = 1 << 37;
-/// Free stacks per size class that keep their pages resident.
+/// Every slot of a slab free.
+const ALL_FREE: u64 = u64::MAX;
+/// Address space reserved at a time for one stack size (2,047 slabs of 8 MiB stacks, some
+/// 130,000 stacks). Keeping all stacks in a few large reservations keeps other mappings
+/// (Python's object arenas) out of the range they span: interleaved, those cost the
+/// allocator's address index a node per arena region, memory that stays after the greenlets
+/// are gone.
+const REGION_BYTES: usize = 1 << 40;
+/// Where the first reservation is asked for (a hint the kernel may ignore): far below the
+/// area where the kernel places other mappings by default.
+const FIRST_REGION_HINT: usize = 1 << 44;
+/// Free stacks per size that keep their pages resident.
 const WARM_STACKS: usize = 32;
-/// `MADV_GUARD_INSTALL` (Linux 6.13+); not yet in every libc crate release.
+/// `MADV_GUARD_INSTALL` / `MADV_GUARD_REMOVE` (Linux 6.13+); not in every libc crate release.
 const MADV_GUARD_INSTALL: libc::c_int = 102;
+const MADV_GUARD_REMOVE: libc::c_int = 103;
+/// Environment variable that forces `mprotect` guards (to exercise the fallback on kernels
+/// that have guard markers).
+const GUARD_ENV: &str = "COROLET_GUARD_PAGES";
 
 /// Bytes at the top of each stack set aside as its scratch area.
 pub const SCRATCH_BYTES: usize = 1024;
 
 /// The smallest usable stack size accepted by `set_stack_size`.
 pub const MIN_STACK_SIZE: usize = 64 * 1024;
+
+/// Default usable stack size for new greenlets: a thread's, so that recursion which raises
+/// `RecursionError` on a thread raises it in a greenlet too. It is only reserved; a parked
+/// greenlet touches a page or two of it, and page tables cost the same (one page-table page
+/// per stack) for any size from 2 MiB up.
+pub const DEFAULT_STACK_SIZE: usize = 8 * 1024 * 1024;
+
+/// Native stack a level of C recursion is assumed to need at most, for interpreters that
+/// count C recursion separately (3.12+): a greenlet's budget is its stack size over this.
+pub const BYTES_PER_C_LEVEL: usize = 512;
 
 /// The system page size (asked once).
 #[inline]
@@ -93,10 +125,11 @@ impl PooledStack {
     }
 }
 
-// SAFETY: the slot is a valid mapping of `guard page + size` bytes that stays mapped for the
-// life of the process; the guard page faults on access; the stack proper, below the scratch
-// area, has `size - SCRATCH_BYTES >= MIN_STACK_SIZE - SCRATCH_BYTES > 4096` bytes; both
-// addresses are 16-byte aligned (page aligned, and a page minus SCRATCH_BYTES).
+// SAFETY: the slot is a read-write mapping of `guard page + size` bytes, with its guard page
+// installed, for as long as the handle exists (a slab is released only once all its slots are
+// back in the pool); the stack proper, below the scratch area, has
+// `size - SCRATCH_BYTES >= MIN_STACK_SIZE - SCRATCH_BYTES > 4096` bytes; both addresses are
+// 16-byte aligned (page aligned, and a page minus SCRATCH_BYTES).
 unsafe impl Stack for PooledStack {
     fn base(&self) -> StackPointer {
         StackPointer::new(self.top() - SCRATCH_BYTES).expect("stack base is never 0")
@@ -109,42 +142,11 @@ unsafe impl Stack for PooledStack {
 
 impl Drop for PooledStack {
     fn drop(&mut self) {
-        POOL.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .give_back(self.guard, self.size);
+        lock_pool().give_back(self.guard, self.size);
     }
 }
 
-/// Where the first reservation is asked for (a hint the kernel may ignore): far below the
-/// area where the kernel places other mappings by default, so that stacks and everything else
-/// (Python's object arenas above all) each stay in one compact range.
-const FIRST_REGION_HINT: usize = 1 << 44;
-
-/// Reserves `len` bytes of address space, at `hint` if that is free: no access, no memory, no
-/// commit charge, huge pages off (stacks want small pages). One mapping however many slabs
-/// are later cut from it.
-fn reserve(hint: usize, len: usize) -> io::Result<usize> {
-    // SAFETY: an anonymous private mapping; the address is only a hint (no MAP_FIXED), so
-    // nothing already mapped can be replaced.
-    let base = unsafe {
-        libc::mmap(
-            hint as *mut libc::c_void,
-            len,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if base == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: advice on our own fresh mapping; failure only loses the hint.
-    unsafe { libc::madvise(base, len, libc::MADV_NOHUGEPAGE) };
-    Ok(base as usize)
-}
-
-/// How guard pages are installed on this kernel.
+/// How guard pages are installed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GuardKind {
     /// `MADV_GUARD_INSTALL`: no extra mapping per stack.
@@ -153,241 +155,565 @@ pub enum GuardKind {
     Mprotect,
 }
 
-/// The stacks of one size: a few warm ones (pages still resident, handed out first), and a
-/// bitmap of cold free slots per slab, so that bookkeeping costs per slab, not per stack.
+/// Whether this kernel has guard markers: tried on a scratch mapping. `COROLET_GUARD_PAGES=
+/// mprotect` forces the fallback.
+fn probe_guard_kind() -> GuardKind {
+    if std::env::var_os(GUARD_ENV).is_some_and(|v| v == "mprotect") {
+        return GuardKind::Mprotect;
+    }
+    let page = page_size();
+    // SAFETY: a fresh anonymous private mapping of one page, at an address the kernel picks.
+    let probe = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            page,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if probe == libc::MAP_FAILED {
+        return GuardKind::Mprotect;
+    }
+    // SAFETY: advice on, then unmapping of, the page just mapped, which nothing else uses.
+    let rc = unsafe {
+        let rc = libc::madvise(probe, page, MADV_GUARD_INSTALL);
+        libc::munmap(probe, page);
+        rc
+    };
+    if rc == 0 {
+        GuardKind::Madvise
+    } else {
+        GuardKind::Mprotect
+    }
+}
+
+/// Maps `len` bytes at `addr` afresh as reserved-only address space (no access, no memory, no
+/// commit charge, huge pages off: stacks want small pages). With `fixed`, replaces what was
+/// there (our own slab), which frees its pages, page tables and guards; otherwise `addr` is
+/// a hint and nothing mapped is touched.
+fn map_reserved(addr: usize, len: usize, fixed: bool) -> io::Result<usize> {
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+    let flags = if fixed {
+        flags | libc::MAP_FIXED
+    } else {
+        flags
+    };
+    // SAFETY: an anonymous private mapping. Without MAP_FIXED the address is only a hint, so
+    // nothing already mapped can be replaced; with it, callers pass a range of their own.
+    let base = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len,
+            libc::PROT_NONE,
+            flags,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: advice on our own fresh mapping; failure only loses the advice.
+    unsafe { libc::madvise(base, len, libc::MADV_NOHUGEPAGE) };
+    Ok(base as usize)
+}
+
+/// `madvise` on a range of our own, as a `Result`.
+fn advise(addr: usize, len: usize, advice: libc::c_int) -> io::Result<()> {
+    // SAFETY: callers pass ranges inside slabs of our own regions; the advice used here
+    // (guards, DONTNEED on free slots) touches no memory anything still uses.
+    let rc = unsafe { libc::madvise(addr as *mut libc::c_void, len, advice) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `mprotect` on a range of our own, as a `Result`.
+fn protect(addr: usize, len: usize, prot: libc::c_int) -> io::Result<()> {
+    // SAFETY: callers pass ranges inside slabs of our own regions that hold no live stack,
+    // or a single guard page.
+    let rc = unsafe { libc::mprotect(addr as *mut libc::c_void, len, prot) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// An `ENOMEM` from splitting mappings most likely means `vm.max_map_count`: say so.
+fn explain_map_error(err: io::Error, kind: GuardKind) -> io::Error {
+    if err.raw_os_error() != Some(libc::ENOMEM) || kind != GuardKind::Mprotect {
+        return err;
+    }
+    let limit = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "?".to_owned());
+    io::Error::new(
+        io::ErrorKind::OutOfMemory,
+        format!(
+            "the process reached vm.max_map_count ({limit}): this kernel has no \
+             MADV_GUARD_INSTALL (Linux 6.13+), so a stack and its guard page cost two \
+             mappings; raise vm.max_map_count or keep fewer greenlets alive"
+        ),
+    )
+}
+
+/// A slab's state: which slots are cold and free, and whether it is read-write at all.
+#[derive(Clone, Copy)]
+struct Slab {
+    /// Bit i: slot i is free and cold (in the warm set or handed out otherwise).
+    free: u64,
+    /// Read-write (made so, not yet released).
+    active: bool,
+}
+
+/// One reservation of one stack size: slabs cut from its start as needed.
+struct Region {
+    base: usize,
+    /// How many slabs fit.
+    capacity: usize,
+    /// The slabs cut so far, in address order; released slabs at the end are dropped (their
+    /// range is reserved-only, like the uncut rest).
+    slabs: Vec<Slab>,
+}
+
+impl Region {
+    /// Whether slab `i` is reserved-only (released, or not cut yet).
+    fn is_reserved_only(&self, i: usize) -> bool {
+        self.slabs.get(i).is_none_or(|s| !s.active)
+    }
+
+    /// Drops released slabs from the end, and spare capacity once most of it is unused.
+    fn trim(&mut self) {
+        while self.slabs.last().is_some_and(|s| !s.active) {
+            self.slabs.pop();
+        }
+        shrink_if_sparse(&mut self.slabs);
+    }
+}
+
+/// Gives a vector's spare capacity back once it is mostly unused.
+fn shrink_if_sparse<T>(v: &mut Vec<T>) {
+    if v.capacity() > 64 && v.len() * 4 < v.capacity() {
+        v.shrink_to(v.len() * 2);
+    }
+}
+
+/// The stacks of one size.
 struct SizeClass {
     size: usize,
-    /// Free stacks that keep their pages (at most `WARM_STACKS`).
+    guard_kind: GuardKind,
+    /// Free stacks that keep their pages and guard (at most `WARM_STACKS`), by guard address.
     warm: Vec<usize>,
-    /// Slab base -> bitmap of its cold free slots (bit i: slot i).
-    slabs: BTreeMap<usize, u64>,
-    /// Slabs with at least one cold free slot.
-    with_free: Vec<usize>,
+    regions: Vec<Region>,
+    /// (region, slab) of active slabs with cold free slots; entries whose slab has none
+    /// left, or was released, are dropped when met.
+    with_free: Vec<(u32, u32)>,
+    /// (region, slab) of released slabs, reused before new ones are cut; entries for slabs
+    /// made active again or dropped by `Region::trim` are skipped when met.
+    released: Vec<(u32, u32)>,
+    /// Active slabs.
+    active: usize,
+    /// The active slab with every slot cold and free, kept rather than released (every other
+    /// wholly free slab is released).
+    spare: Option<(u32, u32)>,
 }
 
 struct Pool {
-    /// The unused rest of the current reservation.
-    region_next: usize,
-    region_end: usize,
+    /// Where the next reservation is asked for.
+    next_hint: usize,
+    /// Usable size of new stacks (0: the default).
     stack_size: usize,
     classes: Vec<SizeClass>,
+    /// Guard kind for new sizes (None until probed).
     guard_kind: Option<GuardKind>,
-    slabs: usize,
     live: usize,
+    releases: usize,
 }
 
 static POOL: Mutex<Pool> = Mutex::new(Pool {
-    region_next: 0,
-    region_end: 0,
+    next_hint: FIRST_REGION_HINT,
     stack_size: 0,
     classes: Vec::new(),
     guard_kind: None,
-    slabs: 0,
     live: 0,
+    releases: 0,
 });
 
+fn lock_pool() -> std::sync::MutexGuard<'static, Pool> {
+    POOL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Where a slot is: region, slab, slot index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SlotRef {
+    region: usize,
+    slab: usize,
+    index: usize,
+}
+
+/// Page-table levels above the last (x86-64, aarch64 with 4 KiB pages): a PTE page maps
+/// 2 MiB, a PMD page 1 GiB. A page-table page is freed only when a release covers its whole
+/// span, so a release is widened over released neighbours up to these boundaries.
+const PMD_SPAN: usize = 1 << 30;
+
 impl SizeClass {
-    fn slot(&self) -> usize {
+    fn new(size: usize, guard_kind: GuardKind) -> Self {
+        SizeClass {
+            size,
+            guard_kind,
+            warm: Vec::new(),
+            regions: Vec::new(),
+            with_free: Vec::new(),
+            released: Vec::new(),
+            active: 0,
+            spare: None,
+        }
+    }
+
+    fn slot_len(&self) -> usize {
         self.size + page_size()
     }
 
-    fn take_cold(&mut self) -> Option<usize> {
-        let slot = self.slot();
-        while let Some(&base) = self.with_free.last() {
-            let mask = self.slabs.get_mut(&base).expect("listed slab exists");
-            if *mask == 0 {
+    fn slab_len(&self) -> usize {
+        self.slot_len() * SLOTS_PER_SLAB
+    }
+
+    fn slab_base(&self, region: usize, slab: usize) -> usize {
+        self.regions[region].base + slab * self.slab_len()
+    }
+
+    fn guard_of(&self, at: SlotRef) -> usize {
+        self.slab_base(at.region, at.slab) + at.index * self.slot_len()
+    }
+
+    fn locate(&self, guard: usize) -> SlotRef {
+        let slab_len = self.slab_len();
+        let region = self
+            .regions
+            .iter()
+            .position(|r| guard >= r.base && guard < r.base + r.capacity * slab_len)
+            .expect("a stack comes from one of its size's regions");
+        let offset = guard - self.regions[region].base;
+        SlotRef {
+            region,
+            slab: offset / slab_len,
+            index: offset % slab_len / self.slot_len(),
+        }
+    }
+
+    fn slab(&mut self, (region, slab): (u32, u32)) -> Option<&mut Slab> {
+        self.regions[region as usize].slabs.get_mut(slab as usize)
+    }
+
+    /// Takes a cold free slot out of the masks (its guard still to be installed, for madvise
+    /// guards).
+    fn take_cold(&mut self) -> Option<SlotRef> {
+        while let Some(&entry) = self.with_free.last() {
+            let Some(state) = self.slab(entry).filter(|s| s.active && s.free != 0) else {
                 self.with_free.pop();
                 continue;
-            }
-            let i = mask.trailing_zeros() as usize;
-            *mask &= !(1u64 << i);
-            if *mask == 0 {
+            };
+            let index = state.free.trailing_zeros() as usize;
+            state.free &= !(1u64 << index);
+            if state.free == 0 {
                 self.with_free.pop();
             }
-            return Some(base + i * slot);
+            if self.spare == Some(entry) {
+                self.spare = None;
+            }
+            return Some(SlotRef {
+                region: entry.0 as usize,
+                slab: entry.1 as usize,
+                index,
+            });
         }
         None
     }
 
-    fn put_cold(&mut self, guard: usize) {
-        let slot = self.slot();
-        let (&base, mask) = self
-            .slabs
-            .range_mut(..=guard)
-            .next_back()
-            .expect("a stack comes from one of our slabs");
-        if *mask == 0 {
-            self.with_free.push(base);
+    /// Marks a slot cold and free. If that leaves its slab wholly free, it becomes the spare
+    /// unless a lower one is: the slab that is not kept is returned, to be released.
+    fn put_cold(&mut self, at: SlotRef) -> Option<(u32, u32)> {
+        let state = &mut self.regions[at.region].slabs[at.slab];
+        let was_full = state.free == 0;
+        state.free |= 1u64 << at.index;
+        let now_empty = state.free == ALL_FREE;
+        let entry = (at.region as u32, at.slab as u32);
+        if was_full {
+            self.with_free.push(entry);
         }
-        *mask |= 1u64 << ((guard - base) / slot);
+        if !now_empty {
+            return None;
+        }
+        match self.spare {
+            Some(spare) if self.slab_base_of(spare) < self.slab_base_of(entry) => Some(entry),
+            spare => {
+                self.spare = Some(entry);
+                spare
+            }
+        }
+    }
+
+    fn slab_base_of(&self, (region, slab): (u32, u32)) -> usize {
+        self.slab_base(region as usize, slab as usize)
+    }
+
+    /// Keeps the lowest stacks warm: returns the stack that goes cold instead (`guard` itself,
+    /// or the highest warm one when `guard` is lower), or None if the warm set had room.
+    fn keep_warm(&mut self, guard: usize) -> Option<usize> {
+        if self.warm.len() < WARM_STACKS {
+            self.warm.push(guard);
+            return None;
+        }
+        let (i, &highest) = self.warm.iter().enumerate().max_by_key(|&(_, g)| *g)?;
+        if highest < guard {
+            return Some(guard);
+        }
+        // The returned stack is handed out next (its pages are the most likely cached).
+        self.warm.remove(i);
+        self.warm.push(guard);
+        Some(highest)
+    }
+
+    /// A released slab to make active again, if any.
+    fn pop_released(&mut self) -> Option<(usize, usize)> {
+        while let Some(entry) = self.released.pop() {
+            if self.slab(entry).is_some_and(|s| !s.active) {
+                return Some((entry.0 as usize, entry.1 as usize));
+            }
+        }
+        None
+    }
+
+    /// Drops stale entries from the lists once they outnumber live ones, so that their
+    /// memory goes too when a crowd is gone.
+    fn compact(&mut self) {
+        if self.with_free.len() > 2 * self.active + 16 {
+            let regions = &self.regions;
+            self.with_free.retain(|&(r, s)| {
+                regions[r as usize]
+                    .slabs
+                    .get(s as usize)
+                    .is_some_and(|s| s.active && s.free != 0)
+            });
+            shrink_if_sparse(&mut self.with_free);
+        }
+        let released: usize =
+            self.regions.iter().map(|r| r.slabs.len()).sum::<usize>() - self.active;
+        if self.released.len() > 2 * released + 16 {
+            let regions = &self.regions;
+            self.released.retain(|&(r, s)| {
+                regions[r as usize]
+                    .slabs
+                    .get(s as usize)
+                    .is_some_and(|s| !s.active)
+            });
+            shrink_if_sparse(&mut self.released);
+        }
+    }
+
+    /// The range a release of slab `slab` may cover: the slab, widened over reserved-only
+    /// neighbours (within the region) up to the page-table boundaries around it, so that
+    /// page-table pages shared with released neighbours are freed too.
+    fn release_range(&self, region: usize, slab: usize) -> (usize, usize) {
+        let r = &self.regions[region];
+        let slab_len = self.slab_len();
+        let start = self.slab_base(region, slab);
+        let end = start + slab_len;
+        let floor = start & !(PMD_SPAN - 1);
+        let ceiling = (end + PMD_SPAN - 1) & !(PMD_SPAN - 1);
+        let mut lo = slab;
+        while lo > 0 && r.is_reserved_only(lo - 1) && r.base + lo * slab_len > floor {
+            lo -= 1;
+        }
+        let mut hi = slab + 1;
+        while hi < r.capacity && r.is_reserved_only(hi) && r.base + hi * slab_len < ceiling {
+            hi += 1;
+        }
+        (r.base + lo * slab_len, (hi - lo) * slab_len)
     }
 }
 
 impl Pool {
-    fn class(&mut self, size: usize) -> &mut SizeClass {
-        let idx = match self.classes.iter().position(|c| c.size == size) {
-            Some(idx) => idx,
-            None => {
-                self.classes.push(SizeClass {
-                    size,
-                    warm: Vec::new(),
-                    slabs: BTreeMap::new(),
-                    with_free: Vec::new(),
-                });
-                self.classes.len() - 1
-            }
-        };
-        &mut self.classes[idx]
+    fn class_index(&mut self, size: usize) -> usize {
+        if let Some(idx) = self.classes.iter().position(|c| c.size == size) {
+            return idx;
+        }
+        let kind = *self.guard_kind.get_or_insert_with(probe_guard_kind);
+        self.classes.push(SizeClass::new(size, kind));
+        self.classes.len() - 1
     }
 
     fn take(&mut self, size: usize) -> io::Result<usize> {
-        let class = self.class(size);
-        if let Some(guard) = class.warm.pop().or_else(|| class.take_cold()) {
+        let c = self.class_index(size);
+        if let Some(guard) = self.classes[c].warm.pop() {
             self.live += 1;
             return Ok(guard);
         }
-        self.new_slab(size)?;
-        self.take(size)
+        loop {
+            let class = &mut self.classes[c];
+            if let Some(at) = class.take_cold() {
+                let guard = class.guard_of(at);
+                if class.guard_kind == GuardKind::Madvise {
+                    if let Err(e) = advise(guard, page_size(), MADV_GUARD_INSTALL) {
+                        class.put_cold(at);
+                        return Err(e);
+                    }
+                }
+                self.live += 1;
+                return Ok(guard);
+            }
+            self.activate_slab(c)?;
+        }
     }
 
     fn give_back(&mut self, guard: usize, size: usize) {
         self.live -= 1;
-        let page = page_size();
-        let class = self.class(size);
-        if class.warm.len() < WARM_STACKS {
-            class.warm.push(guard);
+        let c = self.class_index(size);
+        let class = &mut self.classes[c];
+        let Some(guard) = class.keep_warm(guard) else {
             return;
+        };
+        let page = page_size();
+        // Failures below only keep memory that could have been given back.
+        let _ = if class.guard_kind == GuardKind::Madvise {
+            advise(guard, page, MADV_GUARD_REMOVE)
+                .and_then(|()| advise(guard, page + size, libc::MADV_DONTNEED))
+        } else {
+            advise(guard + page, size, libc::MADV_DONTNEED)
+        };
+        let at = class.locate(guard);
+        if let Some((region, slab)) = class.put_cold(at) {
+            self.release_slab(c, region as usize, slab as usize);
         }
-        // SAFETY: the usable range of this slot is our own mapping and nothing lives on it
-        // any more (its coroutine has finished or was reset).
-        unsafe {
-            libc::madvise(
-                (guard + page) as *mut libc::c_void,
-                size,
-                libc::MADV_DONTNEED,
-            );
-        }
-        class.put_cold(guard);
     }
 
-    fn new_slab(&mut self, size: usize) -> io::Result<()> {
+    /// Makes a slab read-write for class `c`: a released one if any, else a new one cut from
+    /// the class's last region (a new region is reserved when that is full).
+    fn activate_slab(&mut self, c: usize) -> io::Result<()> {
         let page = page_size();
-        let slot = size + page;
-        let len = slot * SLOTS_PER_SLAB;
-        let base = self.carve(len)?;
-        for i in 0..SLOTS_PER_SLAB {
-            let guard = base + i * slot;
-            if let Err(e) = self.install_guard(guard, page) {
-                // SAFETY: back to reserved-only; no stack was handed out from this slab.
-                unsafe { libc::mprotect(base as *mut libc::c_void, len, libc::PROT_NONE) };
-                return Err(e);
+        let (region, slab) = match self.classes[c].pop_released() {
+            Some(at) => at,
+            None => self.cut_slab(c)?,
+        };
+        let class = &mut self.classes[c];
+        let base = class.slab_base(region, slab);
+        let len = class.slab_len();
+        let made = protect(base, len, libc::PROT_READ | libc::PROT_WRITE).and_then(|()| {
+            if class.guard_kind == GuardKind::Mprotect {
+                for i in 0..SLOTS_PER_SLAB {
+                    protect(base + i * class.slot_len(), page, libc::PROT_NONE)?;
+                }
             }
+            Ok(())
+        });
+        if let Err(e) = made {
+            // Back to reserved-only; nothing was handed out from this slab.
+            let _ = map_reserved(base, len, true);
+            class.released.push((region as u32, slab as u32));
+            return Err(explain_map_error(e, class.guard_kind));
         }
-        self.slabs += 1;
-        record_slab(base, slot, size);
-        let class = self.class(size);
-        class.slabs.insert(base, u64::MAX);
-        class.with_free.push(base);
+        class.regions[region].slabs[slab] = Slab {
+            free: ALL_FREE,
+            active: true,
+        };
+        class.with_free.push((region as u32, slab as u32));
+        class.active += 1;
+        // Wholly free, and the only such slab: there was no cold slot left.
+        class.spare = Some((region as u32, slab as u32));
         Ok(())
     }
 
-    /// `len` bytes of fresh read-write address space for a slab, cut from the current
-    /// region; a new region is reserved when it runs out.
-    fn carve(&mut self, len: usize) -> io::Result<usize> {
-        if self.region_next + len > self.region_end {
-            let want = REGION_BYTES.max(len);
-            // Next to the previous reservation, so that all stacks stay in one range.
-            let hint = if self.region_end == 0 {
-                FIRST_REGION_HINT
-            } else {
-                self.region_end
-            };
-            let (base, size) = reserve(hint, want)
-                .map(|b| (b, want))
-                .or_else(|_| reserve(hint, len).map(|b| (b, len)))?;
-            self.region_next = base;
-            self.region_end = base + size;
-        }
-        let base = self.region_next;
-        // SAFETY: making a never-used piece of our own reservation accessible.
-        let rc = unsafe {
-            libc::mprotect(
-                base as *mut libc::c_void,
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        self.region_next += len;
-        Ok(base)
-    }
-    fn install_guard(&mut self, addr: usize, page: usize) -> io::Result<()> {
-        if self.guard_kind != Some(GuardKind::Mprotect) {
-            // SAFETY: advice on one page of our own mapping.
-            let rc = unsafe { libc::madvise(addr as *mut libc::c_void, page, MADV_GUARD_INSTALL) };
-            if rc == 0 {
-                self.guard_kind = Some(GuardKind::Madvise);
-                return Ok(());
-            }
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EINVAL) || self.guard_kind.is_some() {
-                return Err(err);
-            }
-            self.guard_kind = Some(GuardKind::Mprotect);
-        }
-        // SAFETY: changing the protection of one page of our own mapping.
-        let rc = unsafe { libc::mprotect(addr as *mut libc::c_void, page, libc::PROT_NONE) };
-        if rc == 0 {
-            Ok(())
+    /// Cuts a new (still reserved-only) slab for class `c` from the first region with room,
+    /// reserving a new region when all are full.
+    fn cut_slab(&mut self, c: usize) -> io::Result<(usize, usize)> {
+        let class = &mut self.classes[c];
+        // The first region with room: trimmed regions are cut again from where they end.
+        let room = class
+            .regions
+            .iter()
+            .position(|r| r.slabs.len() < r.capacity);
+        let region = if let Some(region) = room {
+            region
         } else {
-            Err(io::Error::last_os_error())
+            let slab_len = class.slab_len();
+            let want = (REGION_BYTES / slab_len).max(1) * slab_len;
+            // Next to the previous reservation, so that all stacks stay in one range.
+            let hint = self.next_hint;
+            let (base, len) = map_reserved(hint, want, false)
+                .map(|b| (b, want))
+                .or_else(|_| map_reserved(hint, slab_len, false).map(|b| (b, slab_len)))?;
+            record_region(base, len, class.slot_len(), class.size);
+            self.next_hint = base + len;
+            class.regions.push(Region {
+                base,
+                capacity: len / slab_len,
+                slabs: Vec::new(),
+            });
+            class.regions.len() - 1
+        };
+        let slabs = &mut class.regions[region].slabs;
+        slabs.push(Slab {
+            free: 0,
+            active: false,
+        });
+        Ok((region, slabs.len() - 1))
+    }
+
+    /// Maps a wholly free slab afresh as reserved-only address space: its pages, page tables
+    /// and guards go back to the OS; its range is reused first when stacks are needed again.
+    fn release_slab(&mut self, c: usize, region: usize, slab: usize) {
+        let class = &mut self.classes[c];
+        class.regions[region].slabs[slab].active = false;
+        let (start, len) = class.release_range(region, slab);
+        if map_reserved(start, len, true).is_err() {
+            class.regions[region].slabs[slab].active = true;
+            return; // stays active: its slots are handed out again before a new slab
         }
+        class.regions[region].slabs[slab].free = 0;
+        class.active -= 1;
+        class.released.push((region as u32, slab as u32));
+        class.regions[region].trim();
+        class.compact();
+        self.releases += 1;
     }
 }
 
-/// Slabs recorded for the fault handler: base, slot size, usable size; lock-free so that a
-/// signal handler may read it. Entries are written before `SLAB_COUNT` publishes them.
-const MAX_SLABS: usize = 1 << 16;
-static SLAB_TABLE: [[AtomicUsize; 3]; MAX_SLABS] =
-    [const { [const { AtomicUsize::new(0) }; 3] }; MAX_SLABS];
-static SLAB_COUNT: AtomicUsize = AtomicUsize::new(0);
+/// Regions recorded for the fault handler: base, length, slot length, usable stack size;
+/// lock-free so that a signal handler may read it. Entries are written before `REGION_COUNT`
+/// publishes them and never change after.
+const MAX_REGIONS: usize = 1024;
+static REGION_TABLE: [[AtomicUsize; 4]; MAX_REGIONS] =
+    [const { [const { AtomicUsize::new(0) }; 4] }; MAX_REGIONS];
+static REGION_COUNT: AtomicUsize = AtomicUsize::new(0);
 
-fn record_slab(base: usize, slot: usize, size: usize) {
+fn record_region(base: usize, len: usize, slot: usize, size: usize) {
     // Called with the pool lock held: one writer at a time.
-    let i = SLAB_COUNT.load(Ordering::Relaxed);
-    if i >= MAX_SLABS {
+    let i = REGION_COUNT.load(Ordering::Relaxed);
+    if i >= MAX_REGIONS {
         return;
     }
-    SLAB_TABLE[i][0].store(base, Ordering::Relaxed);
-    SLAB_TABLE[i][1].store(slot, Ordering::Relaxed);
-    SLAB_TABLE[i][2].store(size, Ordering::Relaxed);
-    SLAB_COUNT.store(i + 1, Ordering::Release);
+    for (cell, value) in REGION_TABLE[i].iter().zip([base, len, slot, size]) {
+        cell.store(value, Ordering::Relaxed);
+    }
+    REGION_COUNT.store(i + 1, Ordering::Release);
 }
 
 /// If `addr` lies in the guard page of one of our stacks, that stack's usable size.
 /// Async-signal-safe (no locks, no allocation).
 pub fn guard_page_stack_size(addr: usize) -> Option<usize> {
     let page = page_size();
-    let count = SLAB_COUNT.load(Ordering::Acquire).min(MAX_SLABS);
-    SLAB_TABLE[..count].iter().find_map(|entry| {
-        let base = entry[0].load(Ordering::Relaxed);
-        let slot = entry[1].load(Ordering::Relaxed);
-        let in_slab = addr >= base && addr < base + slot * SLOTS_PER_SLAB;
-        (in_slab && (addr - base) % slot < page).then(|| entry[2].load(Ordering::Relaxed))
+    let count = REGION_COUNT.load(Ordering::Acquire).min(MAX_REGIONS);
+    REGION_TABLE[..count].iter().find_map(|entry| {
+        let [base, len, slot, size] = entry.each_ref().map(|v| v.load(Ordering::Relaxed));
+        let inside = addr >= base && addr - base < len;
+        (inside && (addr - base) % slot < page).then_some(size)
     })
 }
-
-/// Default usable stack size for new greenlets: a thread's, so that recursion which raises
-/// `RecursionError` on a thread raises it in a greenlet too. It is only reserved; a parked
-/// greenlet touches a page or two of it, and page tables cost the same (one page-table page
-/// per stack) for any size from 2 MiB up.
-pub const DEFAULT_STACK_SIZE: usize = 8 * 1024 * 1024;
-
-/// Native stack a level of C recursion is assumed to need at most, for interpreters that
-/// count C recursion separately (3.12+): a greenlet's budget is its stack size over this.
-pub const BYTES_PER_C_LEVEL: usize = 512;
 
 fn current_size(pool: &Pool) -> usize {
     if pool.stack_size == 0 {
@@ -399,7 +725,7 @@ fn current_size(pool: &Pool) -> usize {
 
 /// The usable size new stacks get.
 pub fn stack_size() -> usize {
-    current_size(&POOL.lock().unwrap_or_else(|e| e.into_inner()))
+    current_size(&lock_pool())
 }
 
 /// Sets the usable size of stacks handed out from now on (rounded up to whole pages).
@@ -416,7 +742,7 @@ pub fn set_stack_size(size: usize) -> Result<usize, String> {
         .ok_or_else(|| format!("size not valid: {size} bytes"))?
         / page
         * page;
-    let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut pool = lock_pool();
     let old = current_size(&pool);
     pool.stack_size = rounded;
     Ok(old)
@@ -424,7 +750,7 @@ pub fn set_stack_size(size: usize) -> Result<usize, String> {
 
 /// Takes a stack of the current size from the pool, mapping a new slab if needed.
 pub fn take_stack() -> io::Result<PooledStack> {
-    let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut pool = lock_pool();
     let size = current_size(&pool);
     let guard = pool.take(size)?;
     drop(pool);
@@ -444,18 +770,21 @@ pub fn take_stack() -> io::Result<PooledStack> {
 pub struct PoolStats {
     /// Stacks handed out and not yet returned.
     pub live: usize,
-    /// Slabs mapped so far.
+    /// Slabs read-write now.
     pub slabs: usize,
-    /// How guards are installed (None until the first slab).
+    /// Slabs released so far (pages, page tables and guards given back; address space kept).
+    pub releases: usize,
+    /// How guards are installed (None until the first stack).
     pub guard_kind: Option<GuardKind>,
 }
 
 /// Current pool figures.
 pub fn pool_stats() -> PoolStats {
-    let pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    let pool = lock_pool();
     PoolStats {
         live: pool.live,
-        slabs: pool.slabs,
+        slabs: pool.classes.iter().map(|c| c.active).sum(),
+        releases: pool.releases,
         guard_kind: pool.guard_kind,
     }
 }
@@ -472,6 +801,33 @@ mod tests {
         TEST_LOCK.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Runs `f` with new stacks of `size` bytes (a size class of its own).
+    fn with_size<T>(size: usize, f: impl FnOnce() -> T) -> T {
+        let old = set_stack_size(size).unwrap();
+        let out = f();
+        set_stack_size(old).unwrap();
+        out
+    }
+
+    /// Resident pages of a range, from mincore.
+    fn resident_pages(addr: usize, len: usize) -> usize {
+        let page = page_size();
+        let mut vec = vec![0u8; len.div_ceil(page)];
+        // SAFETY: mincore only writes one byte per page into `vec`, which is long enough.
+        let rc = unsafe { libc::mincore(addr as *mut libc::c_void, len, vec.as_mut_ptr()) };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        vec.iter().filter(|&&b| b & 1 != 0).count()
+    }
+
+    fn touch_top(stack: &PooledStack) {
+        let top = (stack.top() - 8) as *mut u64;
+        // SAFETY: inside the usable range of a stack we own.
+        unsafe {
+            top.write_volatile(42);
+            assert_eq!(top.read_volatile(), 42);
+        }
+    }
+
     #[test]
     fn stacks_are_distinct_aligned_and_writable() {
         let _serial = serial();
@@ -485,13 +841,7 @@ mod tests {
             a.size() + page_size() - SCRATCH_BYTES
         );
         assert_eq!(a.scratch() as usize, a.base().get());
-        // The top page of the usable range is writable.
-        let top = (a.top() - 8) as *mut u64;
-        // SAFETY: inside the usable range of a stack we own.
-        unsafe {
-            top.write_volatile(42);
-            assert_eq!(top.read_volatile(), 42);
-        }
+        touch_top(&a);
     }
 
     #[test]
@@ -524,13 +874,64 @@ mod tests {
         );
         assert_eq!(guard_page_stack_size(a.guard + page_size()), None);
         assert_eq!(guard_page_stack_size(a.top() - 8), None);
+        assert!(pool_stats().guard_kind.is_some());
+        assert!(pool_stats().slabs >= 1);
+    }
+
+    /// Runs `f` with sizes first used inside it getting `kind` guards.
+    fn with_guard_kind<T>(kind: GuardKind, f: impl FnOnce() -> T) -> T {
+        let old = lock_pool().guard_kind.replace(kind);
+        let out = f();
+        lock_pool().guard_kind = old;
+        out
+    }
+
+    fn crowd_round_trip(size: usize) {
+        with_size(size, || {
+            let count = SLOTS_PER_SLAB * 5;
+            let before = pool_stats();
+            let stacks: Vec<_> = (0..count).map(|_| take_stack().unwrap()).collect();
+            stacks.iter().for_each(touch_top);
+            let grown = pool_stats();
+            assert_eq!(grown.live, before.live + count);
+            assert!(grown.slabs >= before.slabs + 5, "{before:?} {grown:?}");
+            let tops: Vec<usize> = stacks.iter().map(|s| s.top() - page_size()).collect();
+            drop(stacks);
+            let after = pool_stats();
+            assert_eq!(after.live, before.live);
+            // The warm stacks keep one slab, plus a spare; the rest are released.
+            assert!(after.slabs <= before.slabs + 2, "{before:?} {after:?}");
+            assert!(
+                after.releases >= before.releases + 3,
+                "{before:?} {after:?}"
+            );
+            let resident: usize = tops.iter().map(|&t| resident_pages(t, 1)).sum();
+            assert!(
+                resident <= WARM_STACKS,
+                "{resident} top pages still resident"
+            );
+            // Released slabs come back writable, with guards, at the same addresses.
+            let again: Vec<_> = (0..count).map(|_| take_stack().unwrap()).collect();
+            again.iter().for_each(touch_top);
+            for s in &again {
+                assert_eq!(guard_page_stack_size(s.guard), Some(s.size()));
+            }
+            let highest = |v: &[usize]| v.iter().copied().max().unwrap();
+            let again_tops: Vec<usize> = again.iter().map(|s| s.top() - page_size()).collect();
+            assert_eq!(highest(&again_tops), highest(&tops), "no new address space");
+            assert_eq!(pool_stats().slabs, grown.slabs);
+        });
     }
 
     #[test]
-    fn guard_page_is_installed() {
+    fn a_crowd_gives_its_memory_and_slabs_back() {
         let _serial = serial();
-        let _a = take_stack().unwrap();
-        assert!(pool_stats().guard_kind.is_some());
-        assert!(pool_stats().slabs >= 1);
+        crowd_round_trip(200 * 1024);
+    }
+
+    #[test]
+    fn a_crowd_gives_its_memory_and_slabs_back_with_mprotect_guards() {
+        let _serial = serial();
+        with_guard_kind(GuardKind::Mprotect, || crowd_round_trip(196 * 1024));
     }
 }

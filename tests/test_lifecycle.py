@@ -3,6 +3,7 @@ overflow, and 100,000 greenlets alive at once under the default ``vm.max_map_cou
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -126,6 +127,11 @@ def _guards_cost_no_mapping() -> bool:
     return corolet._corolet._stack_stats()["guard"] == "madvise"
 
 
+def _page_tables() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmPTE")) * 1024
+
+
 def test_a_hundred_thousand_suspended_greenlets_live_at_once_then_die():
     if not _guards_cost_no_mapping():
         pytest.skip("guard pages need MADV_GUARD_INSTALL (Linux 6.13+) to stay under map count")
@@ -150,6 +156,7 @@ def test_a_hundred_thousand_suspended_greenlets_live_at_once_then_die():
 
     count = 100_000
     live_before = corolet._corolet._stack_stats()["live"]
+    tables_before = _page_tables()
     glets = [greenlet(body) for _ in range(count)]
     for glet in glets:
         glet.switch()
@@ -158,9 +165,67 @@ def test_a_hundred_thousand_suspended_greenlets_live_at_once_then_die():
     with open("/proc/self/maps") as maps:
         mappings = sum(1 for _ in maps)
     assert mappings < 65530 // 2, mappings
+    assert _page_tables() > tables_before + count * 4096 // 2  # about a page each
     del glets  # each is killed with GreenletExit as its last reference goes
     assert exits == count
-    assert corolet._corolet._stack_stats()["live"] == live_before
+    stats = corolet._corolet._stack_stats()
+    assert stats["live"] == live_before
+    # Emptied slabs are released: their pages, page tables and guards go back to the OS.
+    assert stats["slabs"] <= 4, stats
+    assert _page_tables() < tables_before + 1024 * 1024, (tables_before, _page_tables())
+
+
+def test_mprotect_guards_where_the_kernel_has_no_guard_markers():
+    # The fallback for kernels before 6.13, forced: each guard page is a mapping of its own and
+    # splits its slab's, two mappings per stack.
+    code = """
+        import corolet
+        from corolet import greenlet, getcurrent
+
+        def mappings():
+            with open("/proc/self/maps") as maps:
+                return sum(1 for _ in maps)
+
+        main = getcurrent()
+        greenlet(main.switch).switch()
+        print("guard", corolet._corolet._stack_stats()["guard"])
+        start = mappings()
+        glets = [greenlet(main.switch) for _ in range(2000)]
+        for g in glets:
+            g.switch()
+        print("per stack", round((mappings() - start) / 2000, 2))
+        del glets
+        print("left", mappings() - start, corolet._corolet._stack_stats()["slabs"])
+        print(greenlet(lambda: "still switching").switch())
+    """
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COROLET_GUARD_PAGES": "mprotect"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "guard mprotect"
+    assert 1.9 < float(lines[1].split()[-1]) <= 2.1, lines
+    left, slabs = map(int, lines[2].split()[1:])
+    # Released slabs are one mapping again; a few stay for the warm stacks and a spare.
+    assert left <= 3 * 2 * 64 and slabs <= 3, lines
+    assert lines[3] == "still switching"
+
+
+@pytest.mark.skipif(C_LEVELS_COUNTED, reason="3.12+ raises RecursionError instead")
+def test_stack_overflow_hits_an_mprotect_guard_just_the_same():
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(OVERFLOW)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COROLET_GUARD_PAGES": "mprotect"},
+    )
+    assert proc.returncode < 0, proc
+    assert "a greenlet overflowed its native stack (128 KiB)" in proc.stderr
 
 
 def test_fork_child_keeps_its_greenlets_and_sees_other_threads_as_exited():
@@ -209,3 +274,37 @@ def test_fork_child_keeps_its_greenlets_and_sees_other_threads_as_exited():
         "child: cannot switch to a different thread (which happens to have exited)" in proc.stdout
     )
     assert "status 0" in proc.stdout
+
+
+def test_running_out_of_mappings_with_mprotect_guards_is_a_memory_error_that_says_why():
+    code = """
+        from corolet import greenlet, getcurrent
+
+        main = getcurrent()
+        glets = []
+        try:
+            while True:
+                g = greenlet(main.switch)
+                g.switch()
+                glets.append(g)
+        except MemoryError as e:
+            print(len(glets))
+            print(e)
+        del glets
+        print(greenlet(lambda: "recovered").switch())
+    """
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COROLET_GUARD_PAGES": "mprotect"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    count, message, recovered = proc.stdout.splitlines()
+    with open("/proc/sys/vm/max_map_count") as f:
+        limit = int(f.read())
+    assert limit // 2 - 2000 < int(count) < limit // 2, count
+    assert "cannot allocate a stack for a new greenlet" in message
+    assert f"vm.max_map_count ({limit})" in message and "MADV_GUARD_INSTALL" in message
+    assert recovered == "recovered"
