@@ -47,7 +47,7 @@ def status(i):
     return {k: int(fields[k].split()[0]) * 1024 for k in ("VmRSS", "VmPTE")}
 """
 
-CONTROL = COMMON + r"""
+CONTROL = r"""
 n = int(sys.argv[1])
 warm = [object() for _ in range(1000)]
 del warm
@@ -60,7 +60,7 @@ read_status(2)
 print(json.dumps({"rss_left_mb": (status(2)["VmRSS"] - status(0)["VmRSS"]) / 1e6}))
 """
 
-WORKER = COMMON + r"""
+WORKER = r"""
 impl = __import__(sys.argv[1])
 n = int(sys.argv[2])
 main = impl.getcurrent()
@@ -109,7 +109,10 @@ print(json.dumps({
 
 def run(python: str, module: str, n: int) -> dict:
     out = subprocess.run(
-        [python, "-c", WORKER, module, str(n)], capture_output=True, text=True, timeout=1800
+        [python, "-c", COMMON + WORKER, module, str(n)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
     )
     if out.returncode != 0:
         raise common.BenchError(f"{module} with {n} greenlets failed:\n{out.stderr[-2000:]}")
@@ -120,7 +123,11 @@ def run(python: str, module: str, n: int) -> dict:
 
 def control(python: str, n: int) -> float:
     out = subprocess.run(
-        [python, "-c", CONTROL, str(n)], capture_output=True, text=True, timeout=600, check=True
+        [python, "-c", COMMON + CONTROL, str(n)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
     )
     return json.loads(out.stdout)["rss_left_mb"]
 
