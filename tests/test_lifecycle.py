@@ -15,12 +15,16 @@ from corolet import GreenletExit, getcurrent, greenlet
 pytestmark = pytest.mark.corolet_only
 
 
-def _run(code: str) -> subprocess.CompletedProcess[str]:
+def _run(code: str, *, mprotect_guards: bool = False) -> subprocess.CompletedProcess[str]:
+    """Runs `code` in a fresh interpreter; `mprotect_guards` forces the guard-page fallback
+    of kernels before 6.13."""
+    env = {**os.environ, "COROLET_GUARD_PAGES": "mprotect"} if mprotect_guards else None
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
+        env=env,
     )
 
 
@@ -198,13 +202,7 @@ def test_mprotect_guards_where_the_kernel_has_no_guard_markers():
         print("left", mappings() - start, corolet._corolet._stack_stats()["slabs"])
         print(greenlet(lambda: "still switching").switch())
     """
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "COROLET_GUARD_PAGES": "mprotect"},
-    )
+    proc = _run(code, mprotect_guards=True)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0] == "guard mprotect"
@@ -217,13 +215,7 @@ def test_mprotect_guards_where_the_kernel_has_no_guard_markers():
 
 @pytest.mark.skipif(C_LEVELS_COUNTED, reason="3.12+ raises RecursionError instead")
 def test_stack_overflow_hits_an_mprotect_guard_just_the_same():
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(OVERFLOW)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "COROLET_GUARD_PAGES": "mprotect"},
-    )
+    proc = _run(OVERFLOW, mprotect_guards=True)
     assert proc.returncode < 0, proc
     assert "a greenlet overflowed its native stack (128 KiB)" in proc.stderr
 
@@ -293,13 +285,7 @@ def test_running_out_of_mappings_with_mprotect_guards_is_a_memory_error_that_say
         del glets
         print(greenlet(lambda: "recovered").switch())
     """
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "COROLET_GUARD_PAGES": "mprotect"},
-    )
+    proc = _run(code, mprotect_guards=True)
     assert proc.returncode == 0, proc.stderr
     count, message, recovered = proc.stdout.splitlines()
     with open("/proc/sys/vm/max_map_count") as f:
