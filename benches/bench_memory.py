@@ -12,7 +12,10 @@ deep, in ``main.switch()``), measures, then drops them all (each is killed with
 - RSS and page tables left once all are killed, against where the process started; next to
   it, what the same harness leaves with N plain ``object()`` instances in place of greenlets
   (Python's own allocator keeps some of a crowd's memory), so that the greenlets' own share
-  can be read off.
+  can be read off;
+- what is still *allocated* then (Python's blocks, malloc's bytes in use), as opposed to kept
+  by an allocator for reuse: pymalloc keeps one empty 1 MiB arena, and glibc does not trim
+  its heap's top below a threshold it raises when a large block (the crowd's list) is freed.
 
 greenlet comes from ``<repo>/.venv-bench-greenlet-<version>`` (made by bench_greenlet.py's
 helper on the same interpreter). ``--fast`` runs 10,000 only.
@@ -32,14 +35,31 @@ import bench_greenlet as common
 # float or dict kept from the middle of the run pins a 1 MiB object arena of Python's, which
 # would be counted against whatever is measured.)
 COMMON = r"""
-import array, gc, json, sys, time
+import array, ctypes, gc, json, sys, time
 readings = [bytearray(16384) for _ in range(3)]
 lengths = array.array("q", [0, 0, 0])
 times = array.array("d", [0.0] * 4)
+# Memory still allocated (not merely kept by an allocator): Python's blocks, malloc's bytes.
+blocks = array.array("q", [0, 0, 0])
+in_use = array.array("q", [0, 0, 0])
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split())]
+
+try:
+    mallinfo2 = ctypes.CDLL(None).mallinfo2
+    mallinfo2.restype = MallInfo2
+except AttributeError:  # not glibc 2.33+
+    mallinfo2 = None
 
 def read_status(i):
     with open("/proc/self/status", "rb", buffering=0) as f:
         lengths[i] = f.readinto(readings[i])
+    blocks[i] = sys.getallocatedblocks()
+    if mallinfo2 is not None:
+        info = mallinfo2()
+        in_use[i] = info.uordblks + info.hblkhd
 
 def status(i):
     text = bytes(readings[i][: lengths[i]]).decode()
@@ -103,6 +123,8 @@ print(json.dumps({
     "rss_start_mb": before["VmRSS"] / 1e6,
     "rss_left_mb": (after["VmRSS"] - before["VmRSS"]) / 1e6,
     "pte_left_mb": (after["VmPTE"] - before["VmPTE"]) / 1e6,
+    "blocks_left": blocks[2] - blocks[0],
+    "malloc_left_kb": (in_use[2] - in_use[0]) / 1e3,
 }))
 """
 
@@ -136,8 +158,9 @@ def table(rows: list[tuple[int, dict, dict, float]]) -> str:
     lines = [
         "| greenlets | RSS per parked (corolet / greenlet) | page tables per parked "
         "| create + park µs | kill µs | RSS left after kill, MB (start) "
-        "| page tables left, MB | same RSS with plain objects, MB |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| page tables left, MB | same RSS with plain objects, MB "
+        "| still allocated after kill: Python blocks, malloc KB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n, c, g, plain in rows:
         lines.append(
@@ -147,7 +170,9 @@ def table(rows: list[tuple[int, dict, dict, float]]) -> str:
             f"| {c['kill_us']:.2f} / {g['kill_us']:.2f} "
             f"| {c['rss_left_mb']:+.1f} ({c['rss_start_mb']:.0f}) / "
             f"{g['rss_left_mb']:+.1f} ({g['rss_start_mb']:.0f}) "
-            f"| {c['pte_left_mb']:+.1f} / {g['pte_left_mb']:+.1f} | {plain:+.1f} |"
+            f"| {c['pte_left_mb']:+.1f} / {g['pte_left_mb']:+.1f} | {plain:+.1f} "
+            f"| {c['blocks_left']:+,}, {c['malloc_left_kb']:+,.0f} / "
+            f"{g['blocks_left']:+,}, {g['malloc_left_kb']:+,.0f} |"
         )
     return "\n".join(lines)
 

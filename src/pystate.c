@@ -46,6 +46,10 @@ typedef struct {
     struct _PyInterpreterFrame *current_frame;
 #elif PY311
     _PyCFrame *cframe;
+    /* cframe->current_frame as it was when the greenlet was suspended (it does not change
+     * until the greenlet runs again): read by the collector without touching the greenlet's
+     * native stack, where cframe lives (a page the collector would otherwise miss on). */
+    struct _PyInterpreterFrame *suspended_frame;
 #else
     CFrame *cframe;
     PyFrameObject *frame; /* borrowed, as in the thread state */
@@ -91,11 +95,13 @@ void corolet_pystate_save(corolet_pystate *s)
     s->delete_later = ts->delete_later;
 #elif PY312
     s->cframe = ts->cframe;
+    s->suspended_frame = ts->cframe->current_frame;
     s->py_depth = ts->py_recursion_limit - ts->py_recursion_remaining;
     s->c_depth = C_LIMIT - ts->c_recursion_remaining;
     s->trash_delete_nesting = ts->trash.delete_nesting;
 #elif PY311
     s->cframe = ts->cframe;
+    s->suspended_frame = ts->cframe->current_frame;
     s->py_depth = ts->recursion_limit - ts->recursion_remaining;
     s->trash_delete_nesting = ts->trash_delete_nesting;
 #else
@@ -363,7 +369,7 @@ int corolet_pystate_traverse_frames(const corolet_pystate *s, visitproc visit, v
 #if PY313
     struct _PyInterpreterFrame *f = s->current_frame;
 #else
-    struct _PyInterpreterFrame *f = s->cframe ? s->cframe->current_frame : NULL;
+    struct _PyInterpreterFrame *f = s->cframe ? s->suspended_frame : NULL;
 #endif
     for (; f != NULL; f = f->previous) {
         if (f->owner != FRAME_OWNED_BY_THREAD) {
