@@ -145,12 +145,12 @@ impl<P: 'static> Fiber<P> {
         self.stack_top.get()
     }
 
-    /// Usable bytes of the fiber's stack (below the scratch area).
+    /// Usable bytes of the fiber's stack.
     pub fn stack_size(&self) -> usize {
         self.stack_size.get()
     }
 
-    /// The scratch area above the fiber's stack (`stack::SCRATCH_BYTES` bytes).
+    /// The scratch area of the fiber's stack (`stack::SCRATCH_BYTES` bytes).
     pub fn scratch(&self) -> *mut u8 {
         self.scratch.get()
     }

@@ -27,15 +27,17 @@
 //! high end of its regions free to be released and its bookkeeping dropped.
 //! Bookkeeping costs per slab (a 64-bit free mask), not per stack.
 //!
-//! Scratch area: the top `SCRATCH_BYTES` of every slot are not part of the native stack but a
-//! small area the layer above may use for data that lives exactly as long as the stack (the
-//! interpreter's first data-stack chunk). It shares its page with the top of the stack, so a
-//! parked greenlet that uses both touches as few pages as possible.
+//! Scratch areas: every slot also has `SCRATCH_BYTES` of its own in a dense array next to its
+//! region (one per slot, in slot order), for data that lives exactly as long as the stack (the
+//! interpreter's first data-stack chunk, which holds a parked greenlet's Python frames). Dense,
+//! so that the garbage collector, which reads every parked greenlet's frames on each full
+//! pass, finds four greenlets' frames per page instead of one page (and one page-table walk)
+//! per 8 MiB stack. A scratch page goes back to the OS once all the slots sharing it are cold.
 //!
 //! Invariants: a `PooledStack` is owned by exactly one coroutine (or is free in the pool); its
-//! `base()` is the low end of the scratch area and `limit()` the low end of its guard page,
-//! both 16-byte aligned; a stack handed out always has its guard installed. This module knows
-//! nothing of Python.
+//! `base()` is the top of the slot and `limit()` the low end of its guard page, both page
+//! aligned; a stack handed out always has its guard installed. This module knows nothing of
+//! Python.
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -104,6 +106,8 @@ pub struct PooledStack {
     guard: usize,
     /// Usable bytes above the guard.
     size: usize,
+    /// The slot's scratch area.
+    scratch: usize,
     // Tells valgrind that this range is a stack while the handle exists.
     _valgrind: corosensei::stack::valgrind::ValgrindStackRegistration,
 }
@@ -119,20 +123,20 @@ impl PooledStack {
         self.guard + page_size() + self.size
     }
 
-    /// The scratch area: `SCRATCH_BYTES` bytes at the top of the slot, above the stack.
+    /// The slot's scratch area: `SCRATCH_BYTES` bytes, 16-byte aligned, read-write while
+    /// the handle exists.
     pub fn scratch(&self) -> *mut u8 {
-        (self.top() - SCRATCH_BYTES) as *mut u8
+        self.scratch as *mut u8
     }
 }
 
 // SAFETY: the slot is a read-write mapping of `guard page + size` bytes, with its guard page
 // installed, for as long as the handle exists (a slab is released only once all its slots are
-// back in the pool); the stack proper, below the scratch area, has
-// `size - SCRATCH_BYTES >= MIN_STACK_SIZE - SCRATCH_BYTES > 4096` bytes; both addresses are
-// 16-byte aligned (page aligned, and a page minus SCRATCH_BYTES).
+// back in the pool); the stack has `size >= MIN_STACK_SIZE > 4096` bytes; both addresses are
+// page aligned.
 unsafe impl Stack for PooledStack {
     fn base(&self) -> StackPointer {
-        StackPointer::new(self.top() - SCRATCH_BYTES).expect("stack base is never 0")
+        StackPointer::new(self.top()).expect("stack base is never 0")
     }
 
     fn limit(&self) -> StackPointer {
@@ -142,7 +146,7 @@ unsafe impl Stack for PooledStack {
 
 impl Drop for PooledStack {
     fn drop(&mut self) {
-        lock_pool().give_back(self.guard, self.size);
+        lock_pool().give_back(self.guard, self.scratch, self.size);
     }
 }
 
@@ -194,6 +198,12 @@ fn probe_guard_kind() -> GuardKind {
 /// there (our own slab), which frees its pages, page tables and guards; otherwise `addr` is
 /// a hint and nothing mapped is touched.
 fn map_reserved(addr: usize, len: usize, fixed: bool) -> io::Result<usize> {
+    map_anonymous(addr, len, libc::PROT_NONE, fixed)
+}
+
+/// `mmap` of fresh anonymous `MAP_NORESERVE` memory with protection `prot` and huge pages
+/// off, at `addr` (a hint, or exactly there with `fixed`).
+fn map_anonymous(addr: usize, len: usize, prot: libc::c_int, fixed: bool) -> io::Result<usize> {
     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
     let flags = if fixed {
         flags | libc::MAP_FIXED
@@ -202,16 +212,7 @@ fn map_reserved(addr: usize, len: usize, fixed: bool) -> io::Result<usize> {
     };
     // SAFETY: an anonymous private mapping. Without MAP_FIXED the address is only a hint, so
     // nothing already mapped can be replaced; with it, callers pass a range of their own.
-    let base = unsafe {
-        libc::mmap(
-            addr as *mut libc::c_void,
-            len,
-            libc::PROT_NONE,
-            flags,
-            -1,
-            0,
-        )
-    };
+    let base = unsafe { libc::mmap(addr as *mut libc::c_void, len, prot, flags, -1, 0) };
     if base == libc::MAP_FAILED {
         return Err(io::Error::last_os_error());
     }
@@ -274,6 +275,8 @@ struct Slab {
 /// One reservation of one stack size: slabs cut from its start as needed.
 struct Region {
     base: usize,
+    /// The scratch areas of its slots, slot after slot (read-write, `MAP_NORESERVE`).
+    scratch: usize,
     /// How many slabs fit.
     capacity: usize,
     /// The slabs cut so far, in address order; released slabs at the end are dropped (their
@@ -307,8 +310,9 @@ fn shrink_if_sparse<T>(v: &mut Vec<T>) {
 struct SizeClass {
     size: usize,
     guard_kind: GuardKind,
-    /// Free stacks that keep their pages and guard (at most `WARM_STACKS`), by guard address.
-    warm: Vec<usize>,
+    /// Free stacks that keep their pages and guard (at most `WARM_STACKS`): guard address
+    /// and scratch area.
+    warm: Vec<(usize, usize)>,
     regions: Vec<Region>,
     /// (region, slab) of active slabs with cold free slots; entries whose slab has none
     /// left, or was released, are dropped when met.
@@ -360,6 +364,8 @@ struct SlotRef {
 /// 2 MiB, a PMD page 1 GiB. A page-table page is freed only when a release covers its whole
 /// span, so a release is widened over released neighbours up to these boundaries.
 const PMD_SPAN: usize = 1 << 30;
+/// The span one page-table (PTE) page maps.
+const PTE_SPAN: usize = 1 << 21;
 
 impl SizeClass {
     fn new(size: usize, guard_kind: GuardKind) -> Self {
@@ -389,6 +395,22 @@ impl SizeClass {
 
     fn guard_of(&self, at: SlotRef) -> usize {
         self.slab_base(at.region, at.slab) + at.index * self.slot_len()
+    }
+
+    fn scratch_of(&self, at: SlotRef) -> usize {
+        self.regions[at.region].scratch + (at.slab * SLOTS_PER_SLAB + at.index) * SCRATCH_BYTES
+    }
+
+    /// Gives back the scratch page of slot `at` if every slot sharing it is cold.
+    fn trim_scratch(&self, at: SlotRef) {
+        let page = page_size();
+        let per_page = (page / SCRATCH_BYTES).clamp(1, SLOTS_PER_SLAB);
+        let first = at.index / per_page * per_page;
+        let group = (u64::MAX >> (64 - per_page)) << first;
+        if self.regions[at.region].slabs[at.slab].free & group == group {
+            let start = self.scratch_of(SlotRef { index: first, ..at }) & !(page - 1);
+            let _ = advise(start, page, libc::MADV_DONTNEED);
+        }
     }
 
     fn locate(&self, guard: usize) -> SlotRef {
@@ -462,20 +484,21 @@ impl SizeClass {
         self.slab_base(region as usize, slab as usize)
     }
 
-    /// Keeps the lowest stacks warm: returns the stack that goes cold instead (`guard` itself,
-    /// or the highest warm one when `guard` is lower), or None if the warm set had room.
-    fn keep_warm(&mut self, guard: usize) -> Option<usize> {
+    /// Keeps the lowest stacks warm: returns the stack that goes cold instead (`stack`
+    /// itself, or the highest warm one when `stack` is lower), or None if the warm set had
+    /// room. A stack is (guard, scratch).
+    fn keep_warm(&mut self, stack: (usize, usize)) -> Option<(usize, usize)> {
         if self.warm.len() < WARM_STACKS {
-            self.warm.push(guard);
+            self.warm.push(stack);
             return None;
         }
-        let (i, &highest) = self.warm.iter().enumerate().max_by_key(|&(_, g)| *g)?;
-        if highest < guard {
-            return Some(guard);
+        let (i, &highest) = self.warm.iter().enumerate().max_by_key(|&(_, s)| s.0)?;
+        if highest.0 < stack.0 {
+            return Some(stack);
         }
         // The returned stack is handed out next (its pages are the most likely cached).
         self.warm.remove(i);
-        self.warm.push(guard);
+        self.warm.push(stack);
         Some(highest)
     }
 
@@ -516,6 +539,29 @@ impl SizeClass {
         }
     }
 
+    /// Once every slab whose scratch areas share a page table with slab `slab`'s is released,
+    /// maps that span of scratch areas afresh, which frees the page table (their pages went
+    /// back already, as each group of slots went cold).
+    fn release_scratch_tables(&self, region: usize, slab: usize) {
+        let r = &self.regions[region];
+        let per_slab = SLOTS_PER_SLAB * SCRATCH_BYTES;
+        let scratch_end = r.scratch + r.capacity * per_slab;
+        let start = (r.scratch + slab * per_slab) & !(PTE_SPAN - 1);
+        let start = start.max(r.scratch);
+        let end =
+            ((r.scratch + (slab + 1) * per_slab + PTE_SPAN - 1) & !(PTE_SPAN - 1)).min(scratch_end);
+        let first = (start - r.scratch) / per_slab;
+        let last = (end - r.scratch).div_ceil(per_slab);
+        if (first..last).all(|i| r.is_reserved_only(i)) {
+            let (start, end) = (
+                start & !(page_size() - 1),
+                end.next_multiple_of(page_size()),
+            );
+            let rw = libc::PROT_READ | libc::PROT_WRITE;
+            let _ = map_anonymous(start, end - start, rw, true);
+        }
+    }
+
     /// The range a release of slab `slab` may cover: the slab, widened over reserved-only
     /// neighbours (within the region) up to the page-table boundaries around it, so that
     /// page-table pages shared with released neighbours are freed too.
@@ -548,11 +594,12 @@ impl Pool {
         self.classes.len() - 1
     }
 
-    fn take(&mut self, size: usize) -> io::Result<usize> {
+    /// A stack of `size` bytes: (guard, scratch).
+    fn take(&mut self, size: usize) -> io::Result<(usize, usize)> {
         let c = self.class_index(size);
-        if let Some(guard) = self.classes[c].warm.pop() {
+        if let Some(stack) = self.classes[c].warm.pop() {
             self.live += 1;
-            return Ok(guard);
+            return Ok(stack);
         }
         loop {
             let class = &mut self.classes[c];
@@ -565,17 +612,17 @@ impl Pool {
                     }
                 }
                 self.live += 1;
-                return Ok(guard);
+                return Ok((guard, class.scratch_of(at)));
             }
             self.activate_slab(c)?;
         }
     }
 
-    fn give_back(&mut self, guard: usize, size: usize) {
+    fn give_back(&mut self, guard: usize, scratch: usize, size: usize) {
         self.live -= 1;
         let c = self.class_index(size);
         let class = &mut self.classes[c];
-        let Some(guard) = class.keep_warm(guard) else {
+        let Some((guard, _)) = class.keep_warm((guard, scratch)) else {
             return;
         };
         let page = page_size();
@@ -587,7 +634,9 @@ impl Pool {
             advise(guard + page, size, libc::MADV_DONTNEED)
         };
         let at = class.locate(guard);
-        if let Some((region, slab)) = class.put_cold(at) {
+        let released = class.put_cold(at);
+        class.trim_scratch(at);
+        if let Some((region, slab)) = released {
             self.release_slab(c, region as usize, slab as usize);
         }
     }
@@ -647,11 +696,24 @@ impl Pool {
             let (base, len) = map_reserved(hint, want, false)
                 .map(|b| (b, want))
                 .or_else(|_| map_reserved(hint, slab_len, false).map(|b| (b, slab_len)))?;
+            let capacity = len / slab_len;
+            let scratch_len =
+                (capacity * SLOTS_PER_SLAB * SCRATCH_BYTES).next_multiple_of(page_size());
+            let rw = libc::PROT_READ | libc::PROT_WRITE;
+            let scratch = match map_anonymous(base + len, scratch_len, rw, false) {
+                Ok(scratch) => scratch,
+                Err(e) => {
+                    // SAFETY: unmapping the reservation just made, which nothing uses yet.
+                    unsafe { libc::munmap(base as *mut libc::c_void, len) };
+                    return Err(e);
+                }
+            };
             record_region(base, len, class.slot_len(), class.size);
-            self.next_hint = base + len;
+            self.next_hint = scratch + scratch_len;
             class.regions.push(Region {
                 base,
-                capacity: len / slab_len,
+                scratch,
+                capacity,
                 slabs: Vec::new(),
             });
             class.regions.len() - 1
@@ -677,6 +739,7 @@ impl Pool {
         class.regions[region].slabs[slab].free = 0;
         class.active -= 1;
         class.released.push((region as u32, slab as u32));
+        class.release_scratch_tables(region, slab);
         class.regions[region].trim();
         class.compact();
         self.releases += 1;
@@ -752,12 +815,13 @@ pub fn set_stack_size(size: usize) -> Result<usize, String> {
 pub fn take_stack() -> io::Result<PooledStack> {
     let mut pool = lock_pool();
     let size = current_size(&pool);
-    let guard = pool.take(size)?;
+    let (guard, scratch) = pool.take(size)?;
     drop(pool);
     let page = page_size();
     Ok(PooledStack {
         guard,
         size,
+        scratch,
         _valgrind: corosensei::stack::valgrind::ValgrindStackRegistration::new(
             (guard + page) as *mut u8,
             size,
@@ -831,17 +895,30 @@ mod tests {
     #[test]
     fn stacks_are_distinct_aligned_and_writable() {
         let _serial = serial();
+        with_size(136 * 1024, fresh_stacks_are_distinct_aligned_and_writable);
+    }
+
+    fn fresh_stacks_are_distinct_aligned_and_writable() {
         let a = take_stack().unwrap();
         let b = take_stack().unwrap();
         assert_ne!(a.guard, b.guard);
         assert_eq!(a.base().get() % 16, 0);
         assert_eq!(a.limit().get() % page_size(), 0);
-        assert_eq!(
-            a.base().get() - a.limit().get(),
-            a.size() + page_size() - SCRATCH_BYTES
-        );
-        assert_eq!(a.scratch() as usize, a.base().get());
+        assert_eq!(a.base().get() - a.limit().get(), a.size() + page_size());
         touch_top(&a);
+        // Scratch areas: aligned, writable, apart from any stack, next to each other.
+        for stack in [&a, &b] {
+            let scratch = stack.scratch() as usize;
+            assert_eq!(scratch % 16, 0);
+            assert!(scratch + SCRATCH_BYTES <= a.limit().get() || scratch >= a.top());
+            // SAFETY: the scratch area of a stack we own.
+            unsafe { stack.scratch().add(SCRATCH_BYTES - 1).write_volatile(7) };
+        }
+        assert_eq!(
+            a.scratch().wrapping_add(SCRATCH_BYTES),
+            b.scratch(),
+            "dense, in slot order"
+        );
     }
 
     #[test]
@@ -896,6 +973,16 @@ mod tests {
             assert_eq!(grown.live, before.live + count);
             assert!(grown.slabs >= before.slabs + 5, "{before:?} {grown:?}");
             let tops: Vec<usize> = stacks.iter().map(|s| s.top() - page_size()).collect();
+            let mut scratch_pages: Vec<usize> = stacks
+                .iter()
+                .map(|s| {
+                    // SAFETY: the scratch area of a stack we own.
+                    unsafe { s.scratch().write_volatile(1) };
+                    s.scratch() as usize & !(page_size() - 1)
+                })
+                .collect();
+            scratch_pages.dedup();
+            assert!(scratch_pages.len() <= count * SCRATCH_BYTES / page_size() + 1);
             drop(stacks);
             let after = pool_stats();
             assert_eq!(after.live, before.live);
@@ -909,6 +996,11 @@ mod tests {
             assert!(
                 resident <= WARM_STACKS,
                 "{resident} top pages still resident"
+            );
+            let resident: usize = scratch_pages.iter().map(|&p| resident_pages(p, 1)).sum();
+            assert!(
+                resident <= WARM_STACKS * SCRATCH_BYTES / page_size() + 2,
+                "{resident} scratch pages still resident"
             );
             // Released slabs come back writable, with guards, at the same addresses.
             let again: Vec<_> = (0..count).map(|_| take_stack().unwrap()).collect();
