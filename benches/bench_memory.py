@@ -8,7 +8,8 @@ deep, in ``main.switch()``), measures, then drops them all (each is killed with
 - RSS: resident memory (``VmRSS``), which is what ``ps`` and most tools show;
 - page tables: ``VmPTE``, kernel memory RSS leaves out (a native stack per greenlet costs
   about one page-table page; greenlet's copied stacks cost almost none);
-- create + park and kill times;
+- create + park and kill times, and how long a full garbage collection takes while they are
+  parked (the collector reads every parked greenlet's frames);
 - RSS and page tables left once all are killed, against where the process started; next to
   it, what the same harness leaves with N plain ``object()`` instances in place of greenlets
   (Python's own allocator keeps some of a crowd's memory), so that the greenlets' own share
@@ -39,6 +40,7 @@ import array, ctypes, gc, json, sys, time
 readings = [bytearray(16384) for _ in range(3)]
 lengths = array.array("q", [0, 0, 0])
 times = array.array("d", [0.0] * 4)
+gc_passes = array.array("d", [0.0] * 3)
 # Memory still allocated (not merely kept by an allocator): Python's blocks, malloc's bytes.
 blocks = array.array("q", [0, 0, 0])
 in_use = array.array("q", [0, 0, 0])
@@ -107,6 +109,11 @@ for g in glets:
 del g
 times[1] = time.perf_counter()
 read_status(1)
+for i in range(3):
+    t = time.perf_counter()
+    gc.collect()
+    gc_passes[i] = time.perf_counter() - t
+del t, i
 alive = sum(1 for g in glets if g) == n
 times[2] = time.perf_counter()
 del glets
@@ -120,6 +127,7 @@ print(json.dumps({
     "pte_per": (parked["VmPTE"] - before["VmPTE"]) / n,
     "create_us": (times[1] - times[0]) / n * 1e6,
     "kill_us": (times[3] - times[2]) / n * 1e6,
+    "gc_ms": min(gc_passes) * 1e3,
     "rss_start_mb": before["VmRSS"] / 1e6,
     "rss_left_mb": (after["VmRSS"] - before["VmRSS"]) / 1e6,
     "pte_left_mb": (after["VmPTE"] - before["VmPTE"]) / 1e6,
@@ -157,16 +165,18 @@ def control(python: str, n: int) -> float:
 def table(rows: list[tuple[int, dict, dict, float]]) -> str:
     lines = [
         "| greenlets | RSS per parked (corolet / greenlet) | page tables per parked "
-        "| create + park µs | kill µs | RSS left after kill, MB (start) "
+        "| create + park µs | full GC pass while parked, ms | kill µs "
+        "| RSS left after kill, MB (start) "
         "| page tables left, MB | same RSS with plain objects, MB "
         "| still allocated after kill: Python blocks, malloc KB |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n, c, g, plain in rows:
         lines.append(
             f"| {n:,} | {c['rss_per']:,.0f} B / {g['rss_per']:,.0f} B "
             f"| {c['pte_per']:,.0f} B / {g['pte_per']:,.0f} B "
             f"| {c['create_us']:.2f} / {g['create_us']:.2f} "
+            f"| {c['gc_ms']:,.1f} / {g['gc_ms']:,.1f} "
             f"| {c['kill_us']:.2f} / {g['kill_us']:.2f} "
             f"| {c['rss_left_mb']:+.1f} ({c['rss_start_mb']:.0f}) / "
             f"{g['rss_left_mb']:+.1f} ({g['rss_start_mb']:.0f}) "
