@@ -7,6 +7,7 @@ Each one runs as its own process, the way a reader would run it.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,12 @@ def test_demo_shows_the_bridge_driving_real_io():
     assert "10 sync clients x 50 requests" in bridge_line and "all replies right" in bridge_line
     # Without --greenlet-python the side-by-side section says how to get it.
     assert "`make demo` prepares a virtualenv" in out
+    # The crowd: memory comes back once the 100,000 greenlets are killed.
+    killed = next(line for line in out.splitlines() if "killed: RSS" in line)
+    numbers = re.findall(r"[\d,]+\.\d", killed)
+    rss_before, rss_parked, rss_after, pte_before, pte_parked, pte_after = (
+        float(n.replace(",", "")) for n in numbers
+    )
+    assert rss_parked > rss_before + 300, killed  # ~6 KB each while parked
+    assert rss_after < rss_before + 5, killed
+    assert pte_after < pte_before + 2, killed
