@@ -266,7 +266,7 @@ fn explain_map_error(err: io::Error, kind: GuardKind) -> io::Error {
 /// A slab's state: which slots are cold and free, and whether it is read-write at all.
 #[derive(Clone, Copy)]
 struct Slab {
-    /// Bit i: slot i is free and cold (in the warm set or handed out otherwise).
+    /// Bit i: slot i is free and cold (0 while it is handed out or in the warm set).
     free: u64,
     /// Read-write (made so, not yet released).
     active: bool,
