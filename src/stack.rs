@@ -45,6 +45,8 @@ use std::sync::Mutex;
 
 use corosensei::stack::{Stack, StackPointer};
 
+use crate::pagevec::PageVec;
+
 /// Stacks per slab (one bit each in the slab's free mask): a slab of 8 MiB stacks is
 /// 512 MiB of address space.
 const SLOTS_PER_SLAB: usize = 64;
@@ -281,7 +283,7 @@ struct Region {
     capacity: usize,
     /// The slabs cut so far, in address order; released slabs at the end are dropped (their
     /// range is reserved-only, like the uncut rest).
-    slabs: Vec<Slab>,
+    slabs: PageVec<Slab>,
 }
 
 impl Region {
@@ -290,20 +292,19 @@ impl Region {
         self.slabs.get(i).is_none_or(|s| !s.active)
     }
 
-    /// Drops released slabs from the end, and spare capacity once most of it is unused.
+    /// Drops released slabs from the end (their bookkeeping's pages go back as it shrinks).
     fn trim(&mut self) {
         while self.slabs.last().is_some_and(|s| !s.active) {
             self.slabs.pop();
         }
-        shrink_if_sparse(&mut self.slabs);
     }
 }
 
-/// Gives a vector's spare capacity back once it is mostly unused.
-fn shrink_if_sparse<T>(v: &mut Vec<T>) {
-    if v.capacity() > 64 && v.len() * 4 < v.capacity() {
-        v.shrink_to(v.len() * 2);
-    }
+/// Room in a size's slab lists: more slabs than address space can hold.
+const MAX_LISTED_SLABS: usize = 1 << 25;
+
+fn no_memory() -> io::Error {
+    io::Error::from_raw_os_error(libc::ENOMEM)
 }
 
 /// The stacks of one size.
@@ -316,10 +317,10 @@ struct SizeClass {
     regions: Vec<Region>,
     /// (region, slab) of active slabs with cold free slots; entries whose slab has none
     /// left, or was released, are dropped when met.
-    with_free: Vec<(u32, u32)>,
+    with_free: PageVec<(u32, u32)>,
     /// (region, slab) of released slabs, reused before new ones are cut; entries for slabs
     /// made active again or dropped by `Region::trim` are skipped when met.
-    released: Vec<(u32, u32)>,
+    released: PageVec<(u32, u32)>,
     /// Active slabs.
     active: usize,
     /// The active slab with every slot cold and free, kept rather than released (every other
@@ -368,17 +369,18 @@ const PMD_SPAN: usize = 1 << 30;
 const PTE_SPAN: usize = 1 << 21;
 
 impl SizeClass {
-    fn new(size: usize, guard_kind: GuardKind) -> Self {
-        SizeClass {
+    fn new(size: usize, guard_kind: GuardKind) -> io::Result<Self> {
+        let list = || PageVec::with_capacity(MAX_LISTED_SLABS).ok_or_else(no_memory);
+        Ok(SizeClass {
             size,
             guard_kind,
             warm: Vec::new(),
             regions: Vec::new(),
-            with_free: Vec::new(),
-            released: Vec::new(),
+            with_free: list()?,
+            released: list()?,
             active: 0,
             spare: None,
-        }
+        })
     }
 
     fn slot_len(&self) -> usize {
@@ -466,7 +468,8 @@ impl SizeClass {
         let now_empty = state.free == ALL_FREE;
         let entry = (at.region as u32, at.slab as u32);
         if was_full {
-            self.with_free.push(entry);
+            // Cannot be full: it has room for more slabs than there is address space.
+            let _ = self.with_free.push(entry);
         }
         if !now_empty {
             return None;
@@ -523,7 +526,6 @@ impl SizeClass {
                     .get(s as usize)
                     .is_some_and(|s| s.active && s.free != 0)
             });
-            shrink_if_sparse(&mut self.with_free);
         }
         let released: usize =
             self.regions.iter().map(|r| r.slabs.len()).sum::<usize>() - self.active;
@@ -535,7 +537,6 @@ impl SizeClass {
                     .get(s as usize)
                     .is_some_and(|s| !s.active)
             });
-            shrink_if_sparse(&mut self.released);
         }
     }
 
@@ -585,18 +586,18 @@ impl SizeClass {
 }
 
 impl Pool {
-    fn class_index(&mut self, size: usize) -> usize {
+    fn class_index(&mut self, size: usize) -> io::Result<usize> {
         if let Some(idx) = self.classes.iter().position(|c| c.size == size) {
-            return idx;
+            return Ok(idx);
         }
         let kind = *self.guard_kind.get_or_insert_with(probe_guard_kind);
-        self.classes.push(SizeClass::new(size, kind));
-        self.classes.len() - 1
+        self.classes.push(SizeClass::new(size, kind)?);
+        Ok(self.classes.len() - 1)
     }
 
     /// A stack of `size` bytes: (guard, scratch).
     fn take(&mut self, size: usize) -> io::Result<(usize, usize)> {
-        let c = self.class_index(size);
+        let c = self.class_index(size)?;
         if let Some(stack) = self.classes[c].warm.pop() {
             self.live += 1;
             return Ok(stack);
@@ -620,7 +621,11 @@ impl Pool {
 
     fn give_back(&mut self, guard: usize, scratch: usize, size: usize) {
         self.live -= 1;
-        let c = self.class_index(size);
+        let c = self
+            .classes
+            .iter()
+            .position(|c| c.size == size)
+            .expect("a stack comes from its size's class");
         let class = &mut self.classes[c];
         let Some((guard, _)) = class.keep_warm((guard, scratch)) else {
             return;
@@ -663,14 +668,14 @@ impl Pool {
         if let Err(e) = made {
             // Back to reserved-only; nothing was handed out from this slab.
             let _ = map_reserved(base, len, true);
-            class.released.push((region as u32, slab as u32));
+            let _ = class.released.push((region as u32, slab as u32)); // room: see with_free
             return Err(explain_map_error(e, class.guard_kind));
         }
         class.regions[region].slabs[slab] = Slab {
             free: ALL_FREE,
             active: true,
         };
-        class.with_free.push((region as u32, slab as u32));
+        let _ = class.with_free.push((region as u32, slab as u32)); // room: see put_cold
         class.active += 1;
         // Wholly free, and the only such slab: there was no cold slot left.
         class.spare = Some((region as u32, slab as u32));
@@ -700,12 +705,19 @@ impl Pool {
             let scratch_len =
                 (capacity * SLOTS_PER_SLAB * SCRATCH_BYTES).next_multiple_of(page_size());
             let rw = libc::PROT_READ | libc::PROT_WRITE;
-            let scratch = match map_anonymous(base + len, scratch_len, rw, false) {
-                Ok(scratch) => scratch,
-                Err(e) => {
-                    // SAFETY: unmapping the reservation just made, which nothing uses yet.
-                    unsafe { libc::munmap(base as *mut libc::c_void, len) };
-                    return Err(e);
+            let scratch = map_anonymous(base + len, scratch_len, rw, false);
+            let slabs = PageVec::with_capacity(capacity);
+            let (scratch, slabs) = match (scratch, slabs) {
+                (Ok(scratch), Some(slabs)) => (scratch, slabs),
+                (scratch, _) => {
+                    // SAFETY: unmapping what was just mapped here, which nothing uses yet.
+                    unsafe {
+                        libc::munmap(base as *mut libc::c_void, len);
+                        if let Ok(scratch) = scratch {
+                            libc::munmap(scratch as *mut libc::c_void, scratch_len);
+                        }
+                    }
+                    return Err(no_memory());
                 }
             };
             record_region(base, len, class.slot_len(), class.size);
@@ -714,15 +726,17 @@ impl Pool {
                 base,
                 scratch,
                 capacity,
-                slabs: Vec::new(),
+                slabs,
             });
             class.regions.len() - 1
         };
         let slabs = &mut class.regions[region].slabs;
-        slabs.push(Slab {
+        // The region has room (checked above), and its list holds `capacity` slabs.
+        let pushed = slabs.push(Slab {
             free: 0,
             active: false,
         });
+        debug_assert!(pushed);
         Ok((region, slabs.len() - 1))
     }
 
@@ -738,7 +752,7 @@ impl Pool {
         }
         class.regions[region].slabs[slab].free = 0;
         class.active -= 1;
-        class.released.push((region as u32, slab as u32));
+        let _ = class.released.push((region as u32, slab as u32)); // room: see put_cold
         class.release_scratch_tables(region, slab);
         class.regions[region].trim();
         class.compact();
