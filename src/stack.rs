@@ -58,6 +58,10 @@ const ALL_FREE: u64 = u64::MAX;
 /// allocator's address index a node per arena region, memory that stays after the greenlets
 /// are gone.
 const REGION_BYTES: usize = 1 << 40;
+/// Slabs per region at most (what 8 MiB stacks fit in `REGION_BYTES`): small stacks get
+/// smaller regions, so that a region's scratch array (read-write from the start, 64 KiB per
+/// slab) stays 128 MiB of address space, which strict overcommit would charge in full.
+const MAX_REGION_SLABS: usize = 2048;
 /// Where the first reservation is asked for (a hint the kernel may ignore): far below the
 /// area where the kernel places other mappings by default.
 const FIRST_REGION_HINT: usize = 1 << 44;
@@ -695,7 +699,7 @@ impl Pool {
             region
         } else {
             let slab_len = class.slab_len();
-            let want = (REGION_BYTES / slab_len).max(1) * slab_len;
+            let want = (REGION_BYTES / slab_len).clamp(1, MAX_REGION_SLABS) * slab_len;
             // Next to the previous reservation, so that all stacks stay in one range.
             let hint = self.next_hint;
             let (base, len) = map_reserved(hint, want, false)
