@@ -9,7 +9,10 @@
 //!
 //! The handler runs on an alternate signal stack (the faulting stack has no room left), so
 //! every thread that runs greenlets gets one ([`ensure_alt_stack`]). It is async-signal-safe:
-//! it reads the stack layer's lock-free slab registry and calls `write(2)` and `sigaction`.
+//! it reads the stack layer's lock-free region table and calls `write(2)` and `sigaction`.
+//! When faulthandler was enabled after us, it catches the fault first and re-raises it once
+//! its traceback is out; the fault is then recognised from the kernel's signal frame (see
+//! [`reraised_fault_addr`]) and the message follows the traceback.
 
 use std::ptr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,10 +61,71 @@ fn decimal(mut n: usize, buf: &mut [u8; 24]) -> &[u8] {
     &buf[i..]
 }
 
+/// The faulting address of a fault that another handler caught first and then re-raised.
+///
+/// faulthandler, enabled after corolet was imported, sits on top of our handler: it dumps its
+/// traceback, puts our handler back and calls `raise()`, so the siginfo we get carries no
+/// address. The kernel's signal frame for the real fault is still on this thread's alternate
+/// stack, above the frames of the handler that re-raised; its saved machine context (x86-64
+/// `sigcontext`) holds the trap number, the faulting address (`cr2`) and the stack pointer.
+/// A page fault (trap 14) at one of our guard pages, taken with the stack pointer next to it,
+/// is a greenlet's stack overflow. (The kernel writes a siginfo into the frame only for
+/// handlers that asked for one, and faulthandler's does not.) Async-signal-safe: only reads the alternate stack.
+#[cfg(target_arch = "x86_64")]
+fn reraised_fault_addr() -> Option<usize> {
+    /// Words of `struct sigcontext` from the stack pointer to the trap number, and to `cr2`.
+    const RSP_TO_TRAPNO: usize = 5;
+    const TRAPNO_TO_CR2: usize = 2;
+    const PAGE_FAULT: usize = 14;
+    // SAFETY: querying this thread's alternate stack into a valid struct.
+    let alt = unsafe {
+        let mut alt: libc::stack_t = std::mem::zeroed();
+        if libc::sigaltstack(ptr::null(), &mut alt) != 0 {
+            return None;
+        }
+        alt
+    };
+    let low = alt.ss_sp as usize;
+    let high = low + alt.ss_size;
+    let here = ptr::addr_of!(alt) as usize;
+    if alt.ss_flags & libc::SS_ONSTACK == 0 || here < low || here >= high {
+        return None;
+    }
+    let word = |p: usize| {
+        // SAFETY: callers keep p..p+8 within the alternate stack, which is mapped.
+        unsafe { ptr::read_volatile(p as *const usize) }
+    };
+    let first = (here + 7) & !7;
+    let last = high.checked_sub((TRAPNO_TO_CR2 + 1) * 8)?;
+    (first + RSP_TO_TRAPNO * 8..=last)
+        .step_by(8)
+        .find_map(|trapno| {
+            if word(trapno) != PAGE_FAULT {
+                return None;
+            }
+            let cr2 = word(trapno + TRAPNO_TO_CR2 * 8);
+            let rsp = word(trapno - RSP_TO_TRAPNO * 8);
+            let size = stack::guard_page_stack_size(cr2)?;
+            // The stack pointer is at the guard page too (just above it, or already in it).
+            (rsp.abs_diff(cr2) < size).then_some(cr2)
+        })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn reraised_fault_addr() -> Option<usize> {
+    None
+}
+
 extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
-    let addr = unsafe { (*info).si_addr() } as usize;
-    if let Some(size) = stack::guard_page_stack_size(addr) {
+    let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
+    // A code <= 0: sent by a process (raise, kill), not by the fault itself.
+    let addr = if code > 0 {
+        Some(addr)
+    } else {
+        reraised_fault_addr()
+    };
+    if let Some(size) = addr.and_then(stack::guard_page_stack_size) {
         let mut buf = [0u8; 24];
         write_stderr(b"\nFatal: a greenlet overflowed its native stack (");
         write_stderr(decimal(size / 1024, &mut buf));

@@ -89,6 +89,29 @@ def test_stack_overflow_message_comes_before_faulthandlers_traceback():
     assert proc.stderr.index("overflowed") < proc.stderr.index("Fatal Python error")
 
 
+@pytest.mark.skipif(C_LEVELS_COUNTED, reason="3.12+ raises RecursionError instead")
+@pytest.mark.parametrize("where", ["main thread", "other thread"])
+def test_stack_overflow_message_follows_a_faulthandler_enabled_after_import(where):
+    # faulthandler on top of corolet's handler: it catches the fault, writes its traceback and
+    # re-raises it; corolet recognises the overflow from the kernel's signal frame.
+    body = OVERFLOW.replace("import sys, corolet", "import sys, corolet, faulthandler")
+    body = body.replace(
+        "corolet.stack_size(128 * 1024)", "corolet.stack_size(128 * 1024)\nfaulthandler.enable()"
+    )
+    if where == "other thread":
+        body = body.replace(
+            "corolet.greenlet(down).switch()",
+            "import threading\n"
+            "t = threading.Thread(target=lambda: corolet.greenlet(down).switch())\n"
+            "t.start()\nt.join()",
+        )
+    proc = _run(body)
+    assert proc.returncode < 0, proc
+    assert "Fatal Python error" in proc.stderr
+    assert "a greenlet overflowed its native stack (128 KiB)" in proc.stderr
+    assert proc.stderr.index("Fatal Python error") < proc.stderr.index("overflowed")
+
+
 def test_default_recursion_limit_raises_recursion_error_inside_a_greenlet():
     def down(n=0):
         return list(map(down, [n + 1]))
