@@ -371,6 +371,16 @@ int corolet_pystate_traverse_frames(const corolet_pystate *s, visitproc visit, v
 #else
     struct _PyInterpreterFrame *f = s->cframe ? s->suspended_frame : NULL;
 #endif
+    /* The frames sit together at the top of the greenlet's data stack, cold in the cache
+     * on a full collection: ask for all their lines at once rather than one miss after the
+     * other down the chain. */
+    const char *chunk = (const char *)s->datastack_chunk;
+    const char *top = (const char *)s->datastack_top;
+    if (f != NULL && chunk != NULL && top > chunk && top - chunk <= 4096) {
+        for (const char *line = chunk; line < top; line += 64) {
+            __builtin_prefetch(line);
+        }
+    }
     for (; f != NULL; f = f->previous) {
         if (f->owner != FRAME_OWNED_BY_THREAD) {
             continue; /* generator frames are their generator's to report */
