@@ -30,6 +30,7 @@ import subprocess
 import sys
 
 import bench_greenlet as common
+from corolet.__main__ import PARKED_THREE_DEEP
 
 # Both workers keep nothing allocated while the crowd lives that outlives it: readings and
 # timings go into buffers made beforehand and are parsed once the crowd is gone. (A single
@@ -82,26 +83,13 @@ read_status(2)
 print(json.dumps({"rss_left_mb": (status(2)["VmRSS"] - status(0)["VmRSS"]) / 1e6}))
 """
 
-WORKER = r"""
+WORKER = (
+    r"""
 impl = __import__(sys.argv[1])
 n = int(sys.argv[2])
-main = impl.getcurrent()
-
-def body():
-    def a():
-        b()
-    def b():
-        c()
-    def c():
-        main.switch()
-    a()
-
-warm = [impl.greenlet(body) for _ in range(1000)]
-for g in warm:
-    g.switch()
-del warm, g
-gc.collect()
-read_status(0)
+"""
+    + PARKED_THREE_DEEP
+    + r"""read_status(0)
 times[0] = time.perf_counter()
 glets = [impl.greenlet(body) for _ in range(n)]
 for g in glets:
@@ -135,6 +123,7 @@ print(json.dumps({
     "malloc_left_kb": (in_use[2] - in_use[0]) / 1e3,
 }))
 """
+)
 
 
 def run(python: str, module: str, n: int) -> dict:

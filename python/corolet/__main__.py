@@ -104,23 +104,10 @@ def per_greenlet():
 print(json.dumps({"top": per_switch(0), "deep": per_switch(500), "create": per_greenlet()}))
 """
 
-# A crowd parked three Python frames deep, in a fresh interpreter per implementation.
-CROWD = r"""
-import array, gc, json, sys
-impl = __import__(sys.argv[1])
-n = int(sys.argv[2])
-# Readings go into an array made beforehand: a number object kept from the crowd's lifetime
-# would pin one of Python's 1 MiB arenas and be counted as left over.
-readings = array.array("q", [0] * 9)
-
-def status(i):
-    with open("/proc/self/status") as f:
-        fields = dict(line.split(":", 1) for line in f)
-    with open("/proc/self/maps") as f:
-        readings[3 * i + 2] = sum(1 for _ in f)
-    readings[3 * i] = int(fields["VmRSS"].split()[0]) * 1024
-    readings[3 * i + 1] = int(fields["VmPTE"].split()[0]) * 1024
-
+# A greenlet body that parks three Python frames deep, and a warm-up with it, for a script in
+# which `impl` is the module under test (corolet or greenlet) and `gc` is imported. Shared with
+# benches/bench_memory.py.
+PARKED_THREE_DEEP = r"""
 main = impl.getcurrent()
 
 def body():
@@ -137,7 +124,29 @@ for g in warm:
     g.switch()
 del warm, g
 gc.collect()
-status(0)
+"""
+
+# A crowd parked three Python frames deep, in a fresh interpreter per implementation.
+CROWD = (
+    r"""
+import array, gc, json, sys
+impl = __import__(sys.argv[1])
+n = int(sys.argv[2])
+# Readings go into an array made beforehand: a number object kept from the crowd's lifetime
+# would pin one of Python's 1 MiB arenas and be counted as left over.
+readings = array.array("q", [0] * 9)
+
+def status(i):
+    with open("/proc/self/status") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    with open("/proc/self/maps") as f:
+        readings[3 * i + 2] = sum(1 for _ in f)
+    readings[3 * i] = int(fields["VmRSS"].split()[0]) * 1024
+    readings[3 * i + 1] = int(fields["VmPTE"].split()[0]) * 1024
+
+"""
+    + PARKED_THREE_DEEP
+    + r"""status(0)
 crowd = [impl.greenlet(body) for _ in range(n)]
 for g in crowd:
     g.switch()
@@ -149,6 +158,7 @@ status(2)
 r = readings.tolist()
 print(json.dumps({"before": r[0:3], "parked": r[3:6], "after": r[6:9]}))
 """
+)
 CROWD_SIZE = 100_000
 
 
