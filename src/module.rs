@@ -127,9 +127,9 @@ fn stack_size(size: Option<usize>) -> PyResult<usize> {
     }
 }
 
-/// Figures about the native stack pool: stacks in use, slabs read-write, slab releases so far, how
-/// guard pages are installed (`"madvise"`: no extra mapping per stack; `"mprotect"`: one;
-/// None: no stack yet).
+/// Figures about the native stack pool: stacks in use, slabs read-write, slab releases so
+/// far, how guard pages are installed (`"madvise"`: no extra mapping per stack; `"mprotect"`:
+/// one; None: no stack yet).
 #[pyfunction]
 fn _stack_stats(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
     let stats = stack::pool_stats();

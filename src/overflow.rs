@@ -70,7 +70,8 @@ fn decimal(mut n: usize, buf: &mut [u8; 24]) -> &[u8] {
 /// `sigcontext`) holds the trap number, the faulting address (`cr2`) and the stack pointer.
 /// A page fault (trap 14) at one of our guard pages, taken with the stack pointer next to it,
 /// is a greenlet's stack overflow. (The kernel writes a siginfo into the frame only for
-/// handlers that asked for one, and faulthandler's does not.) Async-signal-safe: only reads the alternate stack.
+/// handlers that asked for one, and faulthandler's does not.) Async-signal-safe: only reads
+/// the alternate stack.
 #[cfg(target_arch = "x86_64")]
 fn reraised_fault_addr() -> Option<usize> {
     /// Words of `struct sigcontext` from the stack pointer to the trap number, and to `cr2`.

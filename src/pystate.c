@@ -47,8 +47,8 @@ typedef struct {
 #elif PY311
     _PyCFrame *cframe;
     /* cframe->current_frame as it was when the greenlet was suspended (it does not change
-     * until the greenlet runs again): read by the collector without touching the greenlet's
-     * native stack, where cframe lives (a page the collector would otherwise miss on). */
+     * until the greenlet runs again): read without touching the greenlet's native stack,
+     * where cframe lives (a page the collector would otherwise miss on). */
     struct _PyInterpreterFrame *suspended_frame;
 #else
     CFrame *cframe;
@@ -83,6 +83,19 @@ size_t corolet_pystate_size(void) { return sizeof(corolet_pystate); }
 #define C_LIMIT Py_C_RECURSION_LIMIT
 #elif PY312
 #define C_LIMIT C_RECURSION_LIMIT
+#endif
+
+/* The top frame of a suspended greenlet (NULL if it never ran): saved at its last switch
+ * out, and unchanged until it runs again. */
+#if PY311
+static inline struct _PyInterpreterFrame *suspended_top(const corolet_pystate *s)
+{
+#if PY313
+    return s->current_frame;
+#else
+    return s->cframe ? s->suspended_frame : NULL;
+#endif
+}
 #endif
 
 void corolet_pystate_save(corolet_pystate *s)
@@ -292,11 +305,7 @@ int corolet_pystate_abandon(corolet_pystate *s, void *root)
 {
     Py_CLEAR(s->context);
 #if PY311
-#if PY313
-    struct _PyInterpreterFrame *top = s->current_frame;
-#else
-    struct _PyInterpreterFrame *top = s->cframe ? s->cframe->current_frame : NULL;
-#endif
+    struct _PyInterpreterFrame *top = suspended_top(s);
     struct _PyInterpreterFrame *f;
     for (f = top; f != NULL; f = f->previous) {
         if (f->owner == FRAME_OWNED_BY_THREAD && f->frame_obj != NULL &&
@@ -366,11 +375,7 @@ int corolet_pystate_traverse(corolet_pystate *s, visitproc visit, void *arg)
 int corolet_pystate_traverse_frames(const corolet_pystate *s, visitproc visit, void *arg)
 {
 #if PY311
-#if PY313
-    struct _PyInterpreterFrame *f = s->current_frame;
-#else
-    struct _PyInterpreterFrame *f = s->cframe ? s->suspended_frame : NULL;
-#endif
+    struct _PyInterpreterFrame *f = suspended_top(s);
     /* The frames sit together at the top of the greenlet's data stack, cold in the cache
      * on a full collection: ask for all their lines at once rather than one miss after the
      * other down the chain. */
@@ -458,11 +463,10 @@ PyObject *corolet_pystate_frame(const corolet_pystate *s)
 {
 #if PY311
     PyThreadState *ts = PyThreadState_GET();
+    struct _PyInterpreterFrame *suspended = suspended_top(s);
 #if PY313
-    struct _PyInterpreterFrame *suspended = s->current_frame;
     struct _PyInterpreterFrame **slot = &ts->current_frame;
 #else
-    struct _PyInterpreterFrame *suspended = s->cframe ? s->cframe->current_frame : NULL;
     struct _PyInterpreterFrame **slot = &ts->cframe->current_frame;
 #endif
     if (suspended == NULL) {
