@@ -406,8 +406,8 @@ fn fiber_main(g: *mut ffi::PyObject, first: Payload) -> Hop<Payload> {
             trampoline,
             &mut start as *mut Start as *mut c_void,
             gr.state.as_ptr(),
-            gr.fiber.scratch() as *mut c_void,
-            stack::SCRATCH_BYTES,
+            gr.fiber.data_stack().0 as *mut c_void,
+            gr.fiber.data_stack().1,
             (gr.fiber.stack_size() / stack::BYTES_PER_C_LEVEL).min(i32::MAX as usize) as i32,
         );
     }
