@@ -426,6 +426,7 @@ def run_worker(python: str, impl: str, name: str, settings, cpu: int | None) -> 
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)  # each venv has exactly what it needs
     env.pop("GEVENT_LOOP", None)
+    env["PYTHONFAULTHANDLER"] = "1"  # a crash leaves a traceback in the error tail
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S, env=env)
     except subprocess.TimeoutExpired:
@@ -441,7 +442,7 @@ def run_worker(python: str, impl: str, name: str, settings, cpu: int | None) -> 
 
 def fmt_ns(ns: float | None) -> str:
     if ns is None:
-        return "FAILED"
+        return "—"
     if ns >= 10_000:
         return f"{ns / 1000:,.1f} µs"
     return f"{ns:,.0f}"
@@ -456,8 +457,10 @@ def summarise(name: str, per_impl: dict) -> dict:
             {"impl": impl, "error": r["error"]} for r in per_impl[impl] if "error" in r
         ]
         row[impl] = min(good, key=lambda r: r["ns"]) if good else None
+        if per_impl[impl] and not good:
+            row[impl] = {"failed": True}
     c, g = row["corolet"], row["greenlet"]
-    row["ratio"] = c["ns"] / g["ns"] if c and g else None
+    row["ratio"] = c["ns"] / g["ns"] if c and g and "ns" in c and "ns" in g else None
     return row
 
 
@@ -465,13 +468,16 @@ def table(rows: list[dict], header: str) -> str:
     lines = [header, "", "| workload | corolet | greenlet | ratio |", "|---|---:|---:|---:|"]
     notes = []
     for r in rows:
-        c, g = r["corolet"], r["greenlet"]
+        c, g = (x if x and "ns" in x else None for x in (r["corolet"], r["greenlet"]))
         ratio = "—" if r["ratio"] is None else f"{r['ratio']:.3f}"
-        cells = [fmt_ns(x["ns"] if x else None) for x in (c, g)]
+        cells = [
+            "FAILED" if x and "failed" in x else fmt_ns(x["ns"] if x else None)
+            for x in (r["corolet"], r["greenlet"])
+        ]
         lines.append(f"| {r['label']} | {cells[0]} | {cells[1]} | {ratio} |")
 
         def both(key: str, fmt: str, pair: tuple = (c, g)) -> str:
-            return " / ".join(format(x[key], fmt) if x else "FAILED" for x in pair)
+            return " / ".join(format(x[key], fmt) if x else "—" for x in pair)
 
         if r["workload"] == "echo":
             notes.append(f"echo: requests/s (corolet / greenlet) {both('req_per_s', ',.0f')}")
