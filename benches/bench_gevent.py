@@ -73,6 +73,7 @@ import gc
 import importlib.util
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -117,7 +118,7 @@ def spawn_join(g: SimpleNamespace, scale: float) -> dict:
         del glets
     elapsed = time.perf_counter_ns() - start
     common.check(total == rounds * n * (n - 1) // 2, f"spawned greenlets returned {total}")
-    return {"ns": elapsed / (rounds * n)}
+    return {"ns": elapsed / (rounds * n), "ops": rounds * n}
 
 
 def sleep0(g: SimpleNamespace, scale: float) -> dict:
@@ -135,10 +136,10 @@ def sleep0(g: SimpleNamespace, scale: float) -> dict:
     g.gevent.joinall([a, b])
     elapsed = time.perf_counter_ns() - start
     common.check(counts == [n, n], f"sleep(0) counts {counts}, expected {n} each")
-    return {"ns": elapsed / (2 * n)}
+    return {"ns": elapsed / (2 * n), "ops": 2 * n}
 
 
-def hand_off(g: SimpleNamespace, n: int, depth: int) -> float:
+def hand_off(g: SimpleNamespace, n: int, depth: int) -> dict:
     """Two greenlets passing a turn n times with two Events, each ``depth`` C frames deep."""
     Event = g.gevent.event.Event
     mine = [Event(), Event()]
@@ -170,15 +171,15 @@ def hand_off(g: SimpleNamespace, n: int, depth: int) -> float:
     g.gevent.joinall([a, b], raise_error=True)
     elapsed = time.perf_counter_ns() - start
     common.check(turns == [n, n], f"turns {turns}, expected {n} each")
-    return elapsed / (2 * n)
+    return {"ns": elapsed / (2 * n), "ops": 2 * n}
 
 
 def event(g: SimpleNamespace, scale: float) -> dict:
-    return {"ns": hand_off(g, ops(50_000, scale), 0)}
+    return hand_off(g, ops(50_000, scale), 0)
 
 
 def event_deep100(g: SimpleNamespace, scale: float) -> dict:
-    return {"ns": hand_off(g, ops(20_000, scale), 100)}
+    return hand_off(g, ops(20_000, scale), 100)
 
 
 def queue(g: SimpleNamespace, scale: float) -> dict:
@@ -203,7 +204,7 @@ def queue(g: SimpleNamespace, scale: float) -> dict:
     g.gevent.joinall([a, b], raise_error=True)
     elapsed = time.perf_counter_ns() - start
     common.check(got[0] == n * (n - 1) // 2, f"consumer summed {got[0]}")
-    return {"ns": elapsed / n}
+    return {"ns": elapsed / n, "ops": n}
 
 
 def echo(g: SimpleNamespace, scale: float) -> dict:
@@ -251,7 +252,8 @@ def echo(g: SimpleNamespace, scale: float) -> dict:
     finally:
         server.stop()
     common.check(ok[0] == clients * requests, f"{ok[0]} of {clients * requests} echoes right")
-    return {"ns": elapsed / (clients * requests), "req_per_s": clients * requests / elapsed * 1e9}
+    done = clients * requests
+    return {"ns": elapsed / done, "ops": done, "req_per_s": done / elapsed * 1e9}
 
 
 def rss() -> int:
@@ -284,6 +286,7 @@ def crowd(g: SimpleNamespace, scale: float) -> dict:
     del glets
     return {
         "ns": (parked_ns + wake_ns) / n,
+        "ops": n,
         "park_us": parked_ns / n / 1e3,
         "wake_us": wake_ns / n / 1e3,
         "rss_per": (after - before) / n,
@@ -359,10 +362,14 @@ def worker(impl: str, name: str, scale: float, repeats: int, cpu: int | None) ->
         gc.collect()
         gc.disable()
         try:
-            results.append(run(g, scale))
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            result = run(g, scale)
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
         finally:
             gc.enable()
+        results.append({**result, "faults": faults / result["ops"]})
     best = min(results, key=lambda r: r["ns"])
+    best["faults"] = min(r["faults"] for r in results)
     return {**best, "runs": [r["ns"] for r in results], "impl": g.described}
 
 
@@ -465,7 +472,12 @@ def summarise(name: str, per_impl: dict) -> dict:
 
 
 def table(rows: list[dict], header: str) -> str:
-    lines = [header, "", "| workload | corolet | greenlet | ratio |", "|---|---:|---:|---:|"]
+    lines = [
+        header,
+        "",
+        "| workload | corolet | greenlet | ratio | page faults per op (corolet / greenlet) |",
+        "|---|---:|---:|---:|---:|",
+    ]
     notes = []
     for r in rows:
         c, g = (x if x and "ns" in x else None for x in (r["corolet"], r["greenlet"]))
@@ -474,10 +486,12 @@ def table(rows: list[dict], header: str) -> str:
             "FAILED" if x and "failed" in x else fmt_ns(x["ns"] if x else None)
             for x in (r["corolet"], r["greenlet"])
         ]
-        lines.append(f"| {r['label']} | {cells[0]} | {cells[1]} | {ratio} |")
 
         def both(key: str, fmt: str, pair: tuple = (c, g)) -> str:
             return " / ".join(format(x[key], fmt) if x else "—" for x in pair)
+
+        row = f"| {r['label']} | {cells[0]} | {cells[1]} | {ratio} | {both('faults', '.3g')} |"
+        lines.append(row)
 
         if r["workload"] == "echo":
             notes.append(f"echo: requests/s (corolet / greenlet) {both('req_per_s', ',.0f')}")
