@@ -515,6 +515,16 @@ int corolet_trash_delete_nesting(void)
 /* PY_VERSION_HEX of the headers this file was compiled against. */
 unsigned long corolet_compiled_version(void) { return PY_VERSION_HEX; }
 
+/* Whether those headers were a debug build's (Py_DEBUG: another object layout and ABI). */
+int corolet_compiled_debug(void)
+{
+#ifdef Py_DEBUG
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 /* Trace calls into the greenlet trace function run with CPython's own tracing and profiling
  * paused, as for any tracing hook. */
 void corolet_enter_tracing(void)

@@ -79,6 +79,7 @@ extern "C" {
     pub fn corolet_trash_delete_nesting() -> i32;
     /// `PY_VERSION_HEX` of the headers the C file was built with.
     pub fn corolet_compiled_version() -> std::ffi::c_ulong;
+    pub fn corolet_compiled_debug() -> i32;
     /// Pause CPython's tracing and profiling around a greenlet trace call.
     pub fn corolet_enter_tracing();
     /// Undo `corolet_enter_tracing`.
