@@ -945,13 +945,8 @@ def prepare(args: argparse.Namespace, version: str, base: str, wheel: Path, root
     for impl in IMPLS:
         python = make_venv(impl, base, version, wheel)
         if impl == "corolet":
-            purelib = Path(
-                run_quiet(
-                    [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                    "asking the venv its site-packages",
-                    env=clean_env(),
-                ).strip()
-            )
+            # Not asked of the venv's interpreter: its start-up imports the installed corolet.
+            purelib = venv_dir(impl, version) / "lib" / f"python{version}" / "site-packages"
             done = install_corolet(args.python, python, version, purelib, root)
             print(f"[corolet] {done}", flush=True)
         probe(impl, python)
