@@ -160,7 +160,7 @@ impl Green {
             }
             let reuse = pystate::corolet_pystate_abandon(
                 self.state.as_ptr(),
-                fiber.scratch() as *mut c_void,
+                fiber.data_stack().0 as *mut c_void,
             ) != 0;
             fiber.abandon(reuse);
             self.life.set(Life::Dead);
