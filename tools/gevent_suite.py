@@ -397,10 +397,13 @@ def gevent_wheel(python: str, version: str) -> Path | None:
         check=False,
     )
     found = sorted(folder.glob(f"gevent-{GEVENT_VERSION}-*.whl"))
-    if child.returncode != 0 or not found:
-        print(child.stderr.strip()[-1500:])
-        return None
-    return found[0]
+    if found:
+        return found[0]
+    said = child.stderr.strip()
+    if "No matching distribution found" not in said:  # not PyPI's answer: pip could not ask
+        raise SetupError(f"cannot download gevent {GEVENT_VERSION}'s wheel:\n{said[-3000:]}")
+    print(said[-1500:])
+    return None
 
 
 def stamp_text(impl: str, wheel: Path) -> str:
@@ -1070,8 +1073,20 @@ def run(args: argparse.Namespace, root: Path) -> int:
     return 0 if bad == 0 or args.update_known_failures else 1
 
 
+def default_signals() -> None:
+    """Undo SIGINT and SIGQUIT being ignored, as a non-interactive shell does for the commands it
+    starts in the background: an ignored signal stays ignored across exec, and gevent's tests send
+    SIGINT to their own children and expect KeyboardInterrupt (test__issues461_471.py fails on
+    greenlet as on corolet without this)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGQUIT) is signal.SIG_IGN:
+        signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    default_signals()
     root = Path(tempfile.mkdtemp(prefix="corolet-gevent-"))
     try:
         return run(args, root)
