@@ -2,7 +2,8 @@
 # interpreter (.venv-<major.minor>) and installs what it needs into it from PyPI.
 #
 #   make demo                 build corolet and run `python -m corolet`
-#   make test                 build corolet and run every test (cargo, pytest, upstream greenlet suite)
+#   make test                 build corolet and run every test (cargo, pytest, upstream greenlet
+#                             suite, gevent's suite)
 #   make test-all             `make test` on every supported interpreter
 #   PYTHON=/path/to/python    choose the interpreter (default: python3)
 
@@ -15,7 +16,8 @@ PYS ?= /root/.pyenv/versions/3.10.13/bin/python /root/.pyenv/versions/3.11.7/bin
        /root/.pyenv/versions/3.12.1/bin/python /root/.pyenv/versions/3.13.0/bin/python
 export CARGO_TARGET_DIR := $(CARGO_TARGET)
 
-.PHONY: demo test test-all venv build cargo-test lint pytest upstream bench-fast bench valgrind clean
+.PHONY: demo test test-all venv build cargo-test lint pytest upstream gevent bench-fast bench valgrind \
+        clean
 
 $(VENV)/.stamp: tests/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +59,10 @@ pytest: build
 upstream: build
 	$(VPY) tools/upstream.py --python $(VPY)
 
+# gevent's own suite on corolet, compared with gevent on greenlet; makes .venv-gevent-*-$(PYVER).
+gevent: build
+	$(VPY) tools/gevent_suite.py --python $(VPY)
+
 # The benchmarks' fast mode keeps them working; `make bench` gives the numbers.
 bench-fast: build
 	$(VPY) benches/bench_greenlet.py --fast
@@ -75,7 +81,7 @@ bench: build
 	$(VPY) benches/bench_orm.py
 	$(VPY) benches/bench_gevent.py
 
-test: build cargo-test lint pytest upstream bench-fast
+test: build cargo-test lint pytest upstream bench-fast gevent
 
 test-all:
 	set -e; for p in $(PYS); do $(MAKE) --no-print-directory test PYTHON=$$p; done
