@@ -409,6 +409,8 @@ fn fiber_main(g: *mut ffi::PyObject, first: Payload) -> Hop<Payload> {
             gr.fiber.scratch() as *mut c_void,
             stack::SCRATCH_BYTES,
             (gr.fiber.stack_size() / stack::BYTES_PER_C_LEVEL).min(i32::MAX as usize) as i32,
+            gr.fiber.stack_top() - gr.fiber.stack_size(),
+            gr.fiber.stack_top(),
         );
     }
     start

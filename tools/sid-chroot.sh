@@ -141,7 +141,8 @@ run() {
         case "$name" in
             PIP_FIND_LINKS | CARGO_TARGET_DIR | CARGO_HOME | RUSTUP_HOME) ;;
             PIP_* | RUST* | CARGO_* | http_proxy | https_proxy | no_proxy | HTTP_PROXY | \
-                HTTPS_PROXY | NO_PROXY | COROLET_*) envs+=("$name=${!name}") ;;
+                HTTPS_PROXY | NO_PROXY | COROLET_* | PYTHONUNBUFFERED | PYTHONDONTWRITEBYTECODE)
+                envs+=("$name=${!name}") ;;
         esac
     done < <(compgen -e)
     BIND_CHECKOUT=1 in_namespace "$CHROOT" /usr/bin/env -i "${envs[@]}" \
