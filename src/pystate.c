@@ -387,6 +387,74 @@ void corolet_pystate_run_fresh(void (*body)(void *), void *arg, corolet_pystate 
     ts->exc_info = &ts->exc_state;
 }
 
+#if PY315
+/*
+ * 3.15: releases what the frames of an abandoned chain own (fast locals, evaluation stack,
+ * locals dict, frame object, function, code), as greenlet does from 3.15 on. The references
+ * are first moved out of all the frames, and only then dropped: dropping one can run any
+ * code (a __del__, a generator finalised while it "executes"), which must not find the chain
+ * half walked. Returns -1 (nothing moved) if the list cannot be allocated.
+ */
+static int release_frames(struct _PyInterpreterFrame *top)
+{
+    Py_ssize_t room = 0;
+    for (struct _PyInterpreterFrame *f = top; f != NULL; f = f->previous) {
+        PyObject *executable = PyStackRef_AsPyObjectBorrow(f->f_executable);
+        if (f->owner == FRAME_OWNED_BY_THREAD && executable != NULL && PyCode_Check(executable)) {
+            PyCodeObject *code = (PyCodeObject *)executable;
+            room += code->co_nlocalsplus + code->co_stacksize + 4;
+        }
+    }
+    PyObject **owned = PyMem_Malloc((size_t)(room > 0 ? room : 1) * sizeof(PyObject *));
+    if (owned == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    Py_ssize_t n = 0;
+#define TAKE_REF(ref)                                                                         \
+    do {                                                                                      \
+        if (PyStackRef_RefcountOnObject(ref)) {                                               \
+            owned[n++] = PyStackRef_AsPyObjectBorrow(ref); /* the reference moves */          \
+        }                                                                                     \
+        (ref) = PyStackRef_NULL;                                                              \
+    } while (0)
+    for (struct _PyInterpreterFrame *f = top; f != NULL; f = f->previous) {
+        PyObject *executable = PyStackRef_AsPyObjectBorrow(f->f_executable);
+        if (f->owner != FRAME_OWNED_BY_THREAD || executable == NULL ||
+            !PyCode_Check(executable)) {
+            continue; /* generator frames belong to their generators */
+        }
+        PyCodeObject *code = (PyCodeObject *)executable;
+        _PyStackRef *base = f->localsplus;
+        _PyStackRef *sp = f->stackpointer; /* spilled when the frame made its last call */
+        if (sp == NULL || sp < base + code->co_nlocalsplus ||
+            sp > base + code->co_nlocalsplus + code->co_stacksize) {
+            sp = base + code->co_nlocalsplus;
+        }
+        for (_PyStackRef *slot = base; slot < sp; slot++) {
+            TAKE_REF(*slot);
+        }
+        f->stackpointer = base;
+        TAKE_REF(f->f_funcobj);
+        TAKE_REF(f->f_executable);
+        if (f->f_locals != NULL) {
+            owned[n++] = f->f_locals;
+            f->f_locals = NULL;
+        }
+        if (f->frame_obj != NULL) {
+            owned[n++] = (PyObject *)f->frame_obj;
+            f->frame_obj = NULL;
+        }
+    }
+#undef TAKE_REF
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_DECREF(owned[i]);
+    }
+    PyMem_Free(owned);
+    return 0;
+}
+#endif
+
 /*
  * A suspended greenlet will never run again (its thread is gone, or the interpreter is
  * shutting down): drop what its saved state holds and decide whether the memory its frames
@@ -394,7 +462,8 @@ void corolet_pystate_run_fresh(void (*body)(void *), void *arg, corolet_pystate 
  * one of its frames is referenced from elsewhere (a traceback, gr_frame kept by the user):
  * that object points into the memory. Otherwise its frame objects, which only the abandoned
  * frames own, are taken out of the garbage collector's view (they leak, with what those
- * frames held), the data-stack chunks CPython allocated are freed, and 1 is returned.
+ * frames held; on 3.15 what the frames held is released instead), the data-stack chunks
+ * CPython allocated are freed, and 1 is returned.
  */
 int corolet_pystate_abandon(corolet_pystate *s, void *root)
 {
@@ -408,10 +477,15 @@ int corolet_pystate_abandon(corolet_pystate *s, void *root)
             return 0;
         }
     }
-    for (f = top; f != NULL; f = f->previous) {
-        if (f->owner == FRAME_OWNED_BY_THREAD && f->frame_obj != NULL &&
-            PyObject_GC_IsTracked((PyObject *)f->frame_obj)) {
-            PyObject_GC_UnTrack(f->frame_obj);
+#if PY315
+    if (release_frames(top) < 0)
+#endif
+    {
+        for (f = top; f != NULL; f = f->previous) {
+            if (f->owner == FRAME_OWNED_BY_THREAD && f->frame_obj != NULL &&
+                PyObject_GC_IsTracked((PyObject *)f->frame_obj)) {
+                PyObject_GC_UnTrack(f->frame_obj);
+            }
         }
     }
     free_datastack(s->datastack_chunk, root);
