@@ -66,12 +66,18 @@ bench-fast: build
 	$(VPY) benches/bench_greenlet.py --fast
 	$(VPY) benches/bench_memory.py --fast
 	$(VPY) benches/bench_bridge.py --fast
+	$(VPY) benches/bench_inout.py --fast
+	$(VPY) benches/bench_orm.py --fast
+	$(VPY) benches/bench_gevent.py --fast
 
 bench: build
 	PYO3_PYTHON=$(PYTHON) cargo bench --bench core
 	$(VPY) benches/bench_greenlet.py
 	$(VPY) benches/bench_memory.py
 	$(VPY) benches/bench_bridge.py
+	$(VPY) benches/bench_inout.py
+	$(VPY) benches/bench_orm.py
+	$(VPY) benches/bench_gevent.py
 
 test: build cargo-test lint pytest upstream bench-fast
 

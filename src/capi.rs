@@ -108,14 +108,13 @@ unsafe extern "C" fn set_parent(g: *mut ffi::PyObject, parent: *mut ffi::PyObjec
     })
 }
 
+// The predicates and `PyGreenlet_GetParent` check their argument as greenlet's do: anything
+// but a greenlet sets `TypeError` (`PyErr_BadArgument`) and returns -1 (null).
+
 unsafe extern "C" fn is_main(g: *mut ffi::PyObject) -> c_int {
-    // SAFETY: called by C code with the GIL.
+    // SAFETY: called by C code with the GIL; `check` makes sure `g` is a greenlet.
     unsafe {
-        if g.is_null() || !is_greenlet(g) {
-            ffi::PyErr_SetString(
-                ffi::PyExc_TypeError,
-                c"PyGreenlet_MAIN: expected a greenlet".as_ptr(),
-            );
+        if !check(g) {
             return -1;
         }
         green(g).is_main as c_int
@@ -123,18 +122,31 @@ unsafe extern "C" fn is_main(g: *mut ffi::PyObject) -> c_int {
 }
 
 unsafe extern "C" fn started(g: *mut ffi::PyObject) -> c_int {
-    // SAFETY: called by C code with the GIL on a greenlet.
-    unsafe { (green(g).life.get() != Life::Unstarted) as c_int }
+    // SAFETY: called by C code with the GIL; `check` makes sure `g` is a greenlet.
+    unsafe {
+        if !check(g) {
+            return -1;
+        }
+        (green(g).life.get() != Life::Unstarted) as c_int
+    }
 }
 
 unsafe extern "C" fn active(g: *mut ffi::PyObject) -> c_int {
-    // SAFETY: called by C code with the GIL on a greenlet.
-    unsafe { (green(g).life.get() == Life::Active) as c_int }
+    // SAFETY: called by C code with the GIL; `check` makes sure `g` is a greenlet.
+    unsafe {
+        if !check(g) {
+            return -1;
+        }
+        (green(g).life.get() == Life::Active) as c_int
+    }
 }
 
 unsafe extern "C" fn get_parent(g: *mut ffi::PyObject) -> *mut ffi::PyObject {
-    // SAFETY: called by C code with the GIL on a greenlet.
+    // SAFETY: called by C code with the GIL; `check` makes sure `g` is a greenlet.
     unsafe {
+        if !check(g) {
+            return NULL;
+        }
         let parent = green(g).parent.get();
         if parent.is_null() {
             NULL

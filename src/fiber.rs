@@ -59,8 +59,8 @@ pub struct Fiber<P: 'static> {
     yielder: Cell<*const Yielder<P, Hop<P>>>,
     /// High end of the stack while the fiber holds one, else 0.
     stack_top: Cell<usize>,
-    /// The stack's scratch area (see `stack.rs`), while the fiber holds a stack.
-    scratch: Cell<*mut u8>,
+    /// The stack's data-stack area (see `stack.rs`), while the fiber holds a stack.
+    data_stack: Cell<(*mut u8, usize)>,
     stack_size: Cell<usize>,
 }
 
@@ -71,7 +71,7 @@ impl<P: 'static> Fiber<P> {
             coro: UnsafeCell::new(None),
             yielder: Cell::new(ptr::null()),
             stack_top: Cell::new(0),
-            scratch: Cell::new(ptr::null_mut()),
+            data_stack: Cell::new((ptr::null_mut(), 0)),
             stack_size: Cell::new(0),
         }
     }
@@ -98,7 +98,7 @@ impl<P: 'static> Fiber<P> {
         F: FnOnce(P) -> Hop<P> + 'static,
     {
         self.stack_top.set(stack.base().get());
-        self.scratch.set(stack.scratch());
+        self.data_stack.set(stack.data_stack());
         self.stack_size
             .set(stack.base().get() - stack.limit().get() - crate::stack::page_size());
         let this: *const Fiber<P> = self;
@@ -150,9 +150,9 @@ impl<P: 'static> Fiber<P> {
         self.stack_size.get()
     }
 
-    /// The scratch area of the fiber's stack (`stack::SCRATCH_BYTES` bytes).
-    pub fn scratch(&self) -> *mut u8 {
-        self.scratch.get()
+    /// The data-stack area of the fiber's stack, above its native stack: start and length.
+    pub fn data_stack(&self) -> (*mut u8, usize) {
+        self.data_stack.get()
     }
 
     /// Suspends the running fiber, handing control to `hop.to` with `hop.payload`. Returns

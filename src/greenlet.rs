@@ -160,7 +160,7 @@ impl Green {
             }
             let reuse = pystate::corolet_pystate_abandon(
                 self.state.as_ptr(),
-                fiber.scratch() as *mut c_void,
+                fiber.data_stack().0 as *mut c_void,
             ) != 0;
             fiber.abandon(reuse);
             self.life.set(Life::Dead);
@@ -461,11 +461,12 @@ unsafe extern "C" fn tp_dealloc(obj: *mut ffi::PyObject) {
             }
             free_green(pimpl);
         }
-        let ty = ffi::Py_TYPE(obj);
-        if let Some(free) = (*ty).tp_free {
+        // A static type's instances hold no reference to it; a heap subtype's reference is
+        // dropped by whoever deallocates it (`subtype_dealloc`, or a C heap type's own
+        // `tp_dealloc`), after this returns.
+        if let Some(free) = (*ffi::Py_TYPE(obj)).tp_free {
             free(obj as *mut c_void);
         }
-        ffi::Py_DECREF(ty as *mut ffi::PyObject);
     }
 }
 
@@ -550,12 +551,18 @@ pub unsafe fn kill_now(obj: *mut ffi::PyObject, ts: &ThreadState) {
 
 /// Brings a deallocating object back to life with `refcnt` references.
 ///
-/// Our type is a heap type, so `subtype_dealloc` leaves the instance's type reference to our
-/// `tp_dealloc`; returning early without dropping it keeps the count balanced.
+/// Our type is static (as greenlet's), so its own instances and those of static subtypes
+/// hold no type reference. An instance of a heap subtype does, and whoever called our
+/// `tp_dealloc` (`subtype_dealloc`, a C heap type's `tp_dealloc`) drops it once we return:
+/// the living object needs a new one.
 unsafe fn resurrect(obj: *mut ffi::PyObject, refcnt: ffi::Py_ssize_t) {
-    // SAFETY: GIL held; `obj` is in tp_dealloc and untracked.
+    // SAFETY: GIL held; `obj` is in tp_dealloc and untracked; its type is alive.
     unsafe {
         pystate::corolet_set_refcnt(obj, refcnt);
+        let ty = ffi::Py_TYPE(obj);
+        if (*ty).tp_flags & ffi::Py_TPFLAGS_HEAPTYPE != 0 {
+            ffi::Py_INCREF(ty as *mut ffi::PyObject);
+        }
         ffi::PyObject_GC_Track(obj as *mut c_void);
     }
 }
@@ -1051,66 +1058,52 @@ pub unsafe fn init_type(
             closure: ptr::null_mut(),
         },
     ]);
-    let members = leak(vec![
-        ffi::PyMemberDef {
-            name: c"__weaklistoffset__".as_ptr(),
-            type_code: ffi::Py_T_PYSSIZET,
-            offset: std::mem::offset_of!(PyGreenlet, weakreflist) as ffi::Py_ssize_t,
-            flags: ffi::Py_READONLY,
-            doc: ptr::null(),
+    let number = leak(vec![ffi::PyNumberMethods {
+        nb_bool: Some(nb_bool),
+        // SAFETY: every field is an optional function pointer, for which zero means "none".
+        ..unsafe { std::mem::zeroed() }
+    }]);
+    let doc = c"greenlet(run=None, parent=None) -> greenlet\n\nCreates a new greenlet object (without running it).\n\n - *run* -- The callable to invoke.\n - *parent* -- The parent greenlet. The default is the current greenlet.";
+    let ty = leak(vec![ffi::PyTypeObject {
+        ob_base: ffi::PyVarObject {
+            ob_base: ffi::PyObject {
+                ob_type: ptr::addr_of_mut!(ffi::PyType_Type),
+                ..ffi::PyObject_HEAD_INIT
+            },
+            ob_size: 0,
         },
-        ffi::PyMemberDef {
-            name: c"__dictoffset__".as_ptr(),
-            type_code: ffi::Py_T_PYSSIZET,
-            offset: std::mem::offset_of!(PyGreenlet, dict) as ffi::Py_ssize_t,
-            flags: ffi::Py_READONLY,
-            doc: ptr::null(),
-        },
-        ffi::PyMemberDef {
-            name: ptr::null(),
-            type_code: 0,
-            offset: 0,
-            flags: 0,
-            doc: ptr::null(),
-        },
-    ]);
-    let slot = |slot: c_int, pfunc: *mut c_void| ffi::PyType_Slot { slot, pfunc };
-    let slots = leak(vec![
-        slot(ffi::Py_tp_new, tp_new as *mut c_void),
-        slot(ffi::Py_tp_init, tp_init as *mut c_void),
-        slot(ffi::Py_tp_dealloc, tp_dealloc as *mut c_void),
-        slot(ffi::Py_tp_traverse, tp_traverse as *mut c_void),
-        slot(ffi::Py_tp_clear, tp_clear as *mut c_void),
-        slot(ffi::Py_tp_finalize, tp_finalize as *mut c_void),
-        slot(ffi::Py_tp_is_gc, tp_is_gc as *mut c_void),
-        slot(ffi::Py_tp_repr, tp_repr as *mut c_void),
-        slot(ffi::Py_nb_bool, nb_bool as *mut c_void),
-        slot(ffi::Py_tp_methods, methods as *mut c_void),
-        slot(ffi::Py_tp_getset, getsets as *mut c_void),
-        slot(ffi::Py_tp_members, members as *mut c_void),
-        slot(
-            ffi::Py_tp_doc,
-            c"greenlet(run=None, parent=None) -> greenlet\n\nCreates a new greenlet object (without running it).\n\n - *run* -- The callable to invoke.\n - *parent* -- The parent greenlet. The default is the current greenlet."
-                .as_ptr() as *mut c_void,
-        ),
-        slot(0, ptr::null_mut()),
-    ]);
-    let spec = crate::pyerr::keep_forever(Box::new(ffi::PyType_Spec {
-        name: c"greenlet.greenlet".as_ptr(),
-        basicsize: std::mem::size_of::<PyGreenlet>() as c_int,
-        itemsize: 0,
-        flags: (ffi::Py_TPFLAGS_DEFAULT | ffi::Py_TPFLAGS_BASETYPE | ffi::Py_TPFLAGS_HAVE_GC) as _,
-        slots,
-    }));
-    // SAFETY: GIL held; the spec and everything it points to are leaked ('static).
+        tp_name: c"greenlet.greenlet".as_ptr(),
+        tp_basicsize: std::mem::size_of::<PyGreenlet>() as ffi::Py_ssize_t,
+        tp_dealloc: Some(tp_dealloc),
+        tp_repr: Some(tp_repr),
+        tp_as_number: number,
+        tp_flags: ffi::Py_TPFLAGS_DEFAULT | ffi::Py_TPFLAGS_BASETYPE | ffi::Py_TPFLAGS_HAVE_GC,
+        tp_doc: doc.as_ptr(),
+        tp_traverse: Some(tp_traverse),
+        tp_clear: Some(tp_clear),
+        tp_weaklistoffset: std::mem::offset_of!(PyGreenlet, weakreflist) as ffi::Py_ssize_t,
+        tp_methods: methods,
+        tp_getset: getsets,
+        tp_dictoffset: std::mem::offset_of!(PyGreenlet, dict) as ffi::Py_ssize_t,
+        tp_init: Some(tp_init),
+        tp_alloc: Some(ffi::PyType_GenericAlloc),
+        tp_new: Some(tp_new),
+        tp_free: Some(ffi::PyObject_GC_Del),
+        tp_is_gc: Some(tp_is_gc),
+        tp_finalize: Some(tp_finalize),
+        // SAFETY: the remaining fields are pointers and optional function pointers that
+        // PyType_Ready fills in (or leaves empty) when they are zero.
+        ..unsafe { std::mem::zeroed() }
+    }]);
+    // SAFETY: GIL held; the type object and everything it points to are leaked ('static),
+    // as a static type's must be.
     unsafe {
-        let ty = ffi::PyType_FromSpec(spec);
-        if ty.is_null() {
+        if ffi::PyType_Ready(ty) < 0 {
             return None;
         }
         let intern = |s: &CStr| ffi::PyUnicode_InternFromString(s.as_ptr());
         let globals = Globals {
-            ty: ty as *mut ffi::PyTypeObject,
+            ty,
             exit,
             error,
             str_run: intern(c"run"),
@@ -1118,6 +1111,6 @@ pub unsafe fn init_type(
             str_throw: intern(c"throw"),
         };
         let _ = GLOBALS.set(globals);
-        Some(ty as *mut ffi::PyTypeObject)
+        Some(ty)
     }
 }

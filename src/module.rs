@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use pyo3::exceptions::{PyImportError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::PyType;
+use pyo3::types::PyDict;
 
 use crate::greenlet::{self, globals, green};
 use crate::messages as msg;
@@ -381,16 +381,20 @@ fn corolet_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("settrace", &settrace_f)?;
     m.add("gettrace", &gettrace_f)?;
     // Mirrored on the type, as greenlet does (`greenlet.greenlet.getcurrent()`).
-    let ty_bound = ty_obj.cast::<PyType>()?;
+    // The type is static and immutable, so these go straight into its dictionary.
+    // SAFETY: GIL held; a ready static type has its own dictionary.
+    let ty_dict = unsafe { Bound::from_borrowed_ptr(py, (*ty).tp_dict) }.cast_into::<PyDict>()?;
     for (name, obj) in [
-        ("getcurrent", getcurrent_f.bind(py)),
-        ("settrace", settrace_f.bind(py)),
-        ("gettrace", gettrace_f.bind(py)),
+        ("getcurrent", getcurrent_f.bind(py).as_any()),
+        ("settrace", settrace_f.bind(py).as_any()),
+        ("gettrace", gettrace_f.bind(py).as_any()),
+        ("GreenletExit", exit.as_any()),
+        ("error", error.as_any()),
     ] {
-        ty_bound.setattr(name, obj)?;
+        ty_dict.set_item(name, obj)?;
     }
-    ty_bound.setattr("GreenletExit", &exit)?;
-    ty_bound.setattr("error", &error)?;
+    // SAFETY: GIL held; the type's dictionary changed behind its attribute cache.
+    unsafe { ffi::PyType_Modified(ty) };
     for name in [
         "GREENLET_USE_GC",
         "GREENLET_USE_TRACING",

@@ -249,12 +249,13 @@ static void free_datastack(_PyStackChunk *chunk, void *root)
  * Runs body(arg) as the first code of a new greenlet, on its own stack: with no frame below
  * it, an empty exception stack, no context, its own data stack, the recursion depth of the
  * greenlet that started it, and the context *s holds (if one was given before the start).
- * On 3.11+ the data stack starts in `root` (`root_size` bytes, in the greenlet's own stack
- * mapping, so a new greenlet costs no allocation); deeper calls spill into chunks CPython
- * allocates and frees itself. On 3.12 and 3.13, where C recursion has its own counter, the
- * greenlet gets `c_levels` levels of it at most (what its stack can hold). On 3.14+, where
- * recursion checks compare the stack pointer with limits, the limits are placed in the
- * greenlet's own native stack, [stack_low, stack_high).
+ * On 3.11+ the data stack starts in `root` (`root_size` bytes at the top of the greenlet's
+ * own stack slot, above its native stack: a new greenlet costs no allocation, and a root
+ * chunk larger than a thread's means ordinary code never crosses into chunks CPython maps and
+ * unmaps itself, which deeper calls still do). On 3.12 and 3.13, where C recursion has its
+ * own counter, the greenlet gets `c_levels` levels of it at most (what its stack can hold).
+ * On 3.14+, where recursion checks compare the stack pointer with limits, the limits are
+ * placed in the greenlet's own native stack, [stack_low, stack_high).
  * When body returns, the greenlet's data stack is freed, what it still owns (its context) is
  * moved into *s, and the thread state points at nothing of this stack any more. The caller switches away right after, restoring another greenlet.
  */

@@ -27,16 +27,19 @@
 //! high end of its regions free to be released and its bookkeeping dropped.
 //! Bookkeeping costs per slab (a 64-bit free mask), not per stack.
 //!
-//! Scratch areas: every slot also has `SCRATCH_BYTES` of its own in a dense array next to its
-//! region (one per slot, in slot order), for data that lives exactly as long as the stack (the
-//! interpreter's first data-stack chunk, which holds a parked greenlet's Python frames). Dense,
-//! so that the garbage collector, which reads every parked greenlet's frames on each full
-//! pass, finds four greenlets' frames per page instead of one page (and one page-table walk)
-//! per 8 MiB stack. A scratch page goes back to the OS once all the slots sharing it are cold.
+//! Data stack: the top of every slot (`data_stack_len` bytes, up to 61.5 KiB) is set aside
+//! for the interpreter's first frame data-stack chunk, which grows up while the native stack
+//! grows down from just below it. A thread's first chunk is 16 KiB; one this large means
+//! Python code inside a greenlet never maps and unmaps chunks as its call depth goes up and
+//! down (CPython's chunk after the first is a fresh mapping, freed again when its frames
+//! return). The split sits 2.5 KiB into the top page, so a parked greenlet with a shallow
+//! native stack and a few Python frames touches that one page for both; deeper frames commit
+//! further pages only when touched, and they go back with the stack's other pages.
 //!
 //! Invariants: a `PooledStack` is owned by exactly one coroutine (or is free in the pool); its
-//! `base()` is the top of the slot and `limit()` the low end of its guard page, both page
-//! aligned; a stack handed out always has its guard installed. This module knows nothing of
+//! `base()` is the start of the slot's data-stack area (`top() - data_stack_len(size)`,
+//! 16-byte aligned) and `limit()` the low end of its guard page (page aligned); a stack handed
+//! out always has its guard installed. This module knows nothing of
 //! Python.
 
 use std::io;
@@ -59,8 +62,7 @@ const ALL_FREE: u64 = u64::MAX;
 /// are gone.
 const REGION_BYTES: usize = 1 << 40;
 /// Slabs per region at most (what 8 MiB stacks fit in `REGION_BYTES`): small stacks get
-/// smaller regions, so that a region's scratch array (read-write from the start, 64 KiB per
-/// slab) stays 128 MiB of address space, which strict overcommit would charge in full.
+/// smaller regions, so that the region table the fault handler reads stays short.
 const MAX_REGION_SLABS: usize = 2048;
 /// Where the first reservation is asked for (a hint the kernel may ignore): far below the
 /// area where the kernel places other mappings by default.
@@ -74,8 +76,12 @@ const MADV_GUARD_REMOVE: libc::c_int = 103;
 /// that have guard markers).
 const GUARD_ENV: &str = "COROLET_GUARD_PAGES";
 
-/// Bytes at the top of each stack set aside as its scratch area.
-pub const SCRATCH_BYTES: usize = 1024;
+/// Most bytes at the top of a slot set aside for the data stack (see `data_stack_len`).
+const DATA_STACK_MAX: usize = 64 * 1024;
+/// Native stack bytes left in the top page of a slot below the data stack: a parked
+/// greenlet's native frames (about 1.9 KB at the top of a greenlet) fit, and its first
+/// Python frames share the page.
+const NATIVE_IN_TOP_PAGE: usize = 2560;
 
 /// The smallest usable stack size accepted by `set_stack_size`.
 pub const MIN_STACK_SIZE: usize = 64 * 1024;
@@ -112,8 +118,6 @@ pub struct PooledStack {
     guard: usize,
     /// Usable bytes above the guard.
     size: usize,
-    /// The slot's scratch area.
-    scratch: usize,
     // Tells valgrind that this range is a stack while the handle exists.
     _valgrind: corosensei::stack::valgrind::ValgrindStackRegistration,
 }
@@ -129,20 +133,30 @@ impl PooledStack {
         self.guard + page_size() + self.size
     }
 
-    /// The slot's scratch area: `SCRATCH_BYTES` bytes, 16-byte aligned, read-write while
-    /// the handle exists.
-    pub fn scratch(&self) -> *mut u8 {
-        self.scratch as *mut u8
+    /// The data-stack area at the top of the slot, above the native stack (`base()`):
+    /// its start (16-byte aligned) and length, read-write while the handle exists.
+    pub fn data_stack(&self) -> (*mut u8, usize) {
+        let len = data_stack_len(self.size);
+        ((self.top() - len) as *mut u8, len)
     }
+}
+
+/// Bytes at the top of a slot of `size` usable bytes set aside for the data stack: up to
+/// `DATA_STACK_MAX` and an eighth of the slot, ending `NATIVE_IN_TOP_PAGE` bytes into the
+/// top page. At least 5.5 KiB (`MIN_STACK_SIZE` / 8 - 2.5 KiB) with 4 KiB pages.
+pub fn data_stack_len(size: usize) -> usize {
+    let page = page_size();
+    DATA_STACK_MAX.min(size / 8 / page * page).max(page) - NATIVE_IN_TOP_PAGE.min(page / 2)
 }
 
 // SAFETY: the slot is a read-write mapping of `guard page + size` bytes, with its guard page
 // installed, for as long as the handle exists (a slab is released only once all its slots are
-// back in the pool); the stack has `size >= MIN_STACK_SIZE > 4096` bytes; both addresses are
-// page aligned.
+// back in the pool); the native stack is what lies between the guard and the data-stack area
+// (`size - data_stack_len(size)`, at least 58.5 KiB since `size >= MIN_STACK_SIZE`); the base
+// is 16-byte aligned, the limit page aligned.
 unsafe impl Stack for PooledStack {
     fn base(&self) -> StackPointer {
-        StackPointer::new(self.top()).expect("stack base is never 0")
+        StackPointer::new(self.top() - data_stack_len(self.size)).expect("stack base is never 0")
     }
 
     fn limit(&self) -> StackPointer {
@@ -152,7 +166,7 @@ unsafe impl Stack for PooledStack {
 
 impl Drop for PooledStack {
     fn drop(&mut self) {
-        lock_pool().give_back(self.guard, self.scratch, self.size);
+        lock_pool().give_back(self.guard, self.size);
     }
 }
 
@@ -281,8 +295,6 @@ struct Slab {
 /// One reservation of one stack size: slabs cut from its start as needed.
 struct Region {
     base: usize,
-    /// The scratch areas of its slots, slot after slot (read-write, `MAP_NORESERVE`).
-    scratch: usize,
     /// How many slabs fit.
     capacity: usize,
     /// The slabs cut so far, in address order; released slabs at the end are dropped (their
@@ -315,9 +327,8 @@ fn no_memory() -> io::Error {
 struct SizeClass {
     size: usize,
     guard_kind: GuardKind,
-    /// Free stacks that keep their pages and guard (at most `WARM_STACKS`): guard address
-    /// and scratch area.
-    warm: Vec<(usize, usize)>,
+    /// Free stacks that keep their pages and guard (at most `WARM_STACKS`): guard address.
+    warm: Vec<usize>,
     regions: Vec<Region>,
     /// (region, slab) of active slabs with cold free slots; entries whose slab has none
     /// left, or was released, are dropped when met.
@@ -365,12 +376,10 @@ struct SlotRef {
     index: usize,
 }
 
-/// Page-table levels above the last (x86-64, aarch64 with 4 KiB pages): a PTE page maps
-/// 2 MiB, a PMD page 1 GiB. A page-table page is freed only when a release covers its whole
-/// span, so a release is widened over released neighbours up to these boundaries.
+/// The span a page-table page above the last level maps (x86-64, aarch64 with 4 KiB pages:
+/// a PMD page, 1 GiB). A page-table page is freed only when a release covers its whole span,
+/// so a release is widened over released neighbours up to these boundaries.
 const PMD_SPAN: usize = 1 << 30;
-/// The span one page-table (PTE) page maps.
-const PTE_SPAN: usize = 1 << 21;
 
 impl SizeClass {
     fn new(size: usize, guard_kind: GuardKind) -> io::Result<Self> {
@@ -401,22 +410,6 @@ impl SizeClass {
 
     fn guard_of(&self, at: SlotRef) -> usize {
         self.slab_base(at.region, at.slab) + at.index * self.slot_len()
-    }
-
-    fn scratch_of(&self, at: SlotRef) -> usize {
-        self.regions[at.region].scratch + (at.slab * SLOTS_PER_SLAB + at.index) * SCRATCH_BYTES
-    }
-
-    /// Gives back the scratch page of slot `at` if every slot sharing it is cold.
-    fn trim_scratch(&self, at: SlotRef) {
-        let page = page_size();
-        let per_page = (page / SCRATCH_BYTES).clamp(1, SLOTS_PER_SLAB);
-        let first = at.index / per_page * per_page;
-        let group = (u64::MAX >> (64 - per_page)) << first;
-        if self.regions[at.region].slabs[at.slab].free & group == group {
-            let start = self.scratch_of(SlotRef { index: first, ..at }) & !(page - 1);
-            let _ = advise(start, page, libc::MADV_DONTNEED);
-        }
     }
 
     fn locate(&self, guard: usize) -> SlotRef {
@@ -493,14 +486,14 @@ impl SizeClass {
 
     /// Keeps the lowest stacks warm: returns the stack that goes cold instead (`stack`
     /// itself, or the highest warm one when `stack` is lower), or None if the warm set had
-    /// room. A stack is (guard, scratch).
-    fn keep_warm(&mut self, stack: (usize, usize)) -> Option<(usize, usize)> {
+    /// room. A stack is its guard address.
+    fn keep_warm(&mut self, stack: usize) -> Option<usize> {
         if self.warm.len() < WARM_STACKS {
             self.warm.push(stack);
             return None;
         }
-        let (i, &highest) = self.warm.iter().enumerate().max_by_key(|&(_, s)| s.0)?;
-        if highest.0 < stack.0 {
+        let (i, &highest) = self.warm.iter().enumerate().max_by_key(|&(_, &s)| s)?;
+        if highest < stack {
             return Some(stack);
         }
         // The returned stack is handed out next (its pages are the most likely cached).
@@ -544,29 +537,6 @@ impl SizeClass {
         }
     }
 
-    /// Once every slab whose scratch areas share a page table with slab `slab`'s is released,
-    /// maps that span of scratch areas afresh, which frees the page table (their pages went
-    /// back already, as each group of slots went cold).
-    fn release_scratch_tables(&self, region: usize, slab: usize) {
-        let r = &self.regions[region];
-        let per_slab = SLOTS_PER_SLAB * SCRATCH_BYTES;
-        let scratch_end = r.scratch + r.capacity * per_slab;
-        let start = (r.scratch + slab * per_slab) & !(PTE_SPAN - 1);
-        let start = start.max(r.scratch);
-        let end =
-            ((r.scratch + (slab + 1) * per_slab + PTE_SPAN - 1) & !(PTE_SPAN - 1)).min(scratch_end);
-        let first = (start - r.scratch) / per_slab;
-        let last = (end - r.scratch).div_ceil(per_slab);
-        if (first..last).all(|i| r.is_reserved_only(i)) {
-            let (start, end) = (
-                start & !(page_size() - 1),
-                end.next_multiple_of(page_size()),
-            );
-            let rw = libc::PROT_READ | libc::PROT_WRITE;
-            let _ = map_anonymous(start, end - start, rw, true);
-        }
-    }
-
     /// The range a release of slab `slab` may cover: the slab, widened over reserved-only
     /// neighbours (within the region) up to the page-table boundaries around it, so that
     /// page-table pages shared with released neighbours are freed too.
@@ -599,8 +569,8 @@ impl Pool {
         Ok(self.classes.len() - 1)
     }
 
-    /// A stack of `size` bytes: (guard, scratch).
-    fn take(&mut self, size: usize) -> io::Result<(usize, usize)> {
+    /// A stack of `size` bytes: its guard address.
+    fn take(&mut self, size: usize) -> io::Result<usize> {
         let c = self.class_index(size)?;
         if let Some(stack) = self.classes[c].warm.pop() {
             self.live += 1;
@@ -617,13 +587,13 @@ impl Pool {
                     }
                 }
                 self.live += 1;
-                return Ok((guard, class.scratch_of(at)));
+                return Ok(guard);
             }
             self.activate_slab(c)?;
         }
     }
 
-    fn give_back(&mut self, guard: usize, scratch: usize, size: usize) {
+    fn give_back(&mut self, guard: usize, size: usize) {
         self.live -= 1;
         let c = self
             .classes
@@ -631,7 +601,7 @@ impl Pool {
             .position(|c| c.size == size)
             .expect("a stack comes from its size's class");
         let class = &mut self.classes[c];
-        let Some((guard, _)) = class.keep_warm((guard, scratch)) else {
+        let Some(guard) = class.keep_warm(guard) else {
             return;
         };
         let page = page_size();
@@ -644,7 +614,6 @@ impl Pool {
         };
         let at = class.locate(guard);
         let released = class.put_cold(at);
-        class.trim_scratch(at);
         if let Some((region, slab)) = released {
             self.release_slab(c, region as usize, slab as usize);
         }
@@ -706,29 +675,15 @@ impl Pool {
                 .map(|b| (b, want))
                 .or_else(|_| map_reserved(hint, slab_len, false).map(|b| (b, slab_len)))?;
             let capacity = len / slab_len;
-            let scratch_len =
-                (capacity * SLOTS_PER_SLAB * SCRATCH_BYTES).next_multiple_of(page_size());
-            let rw = libc::PROT_READ | libc::PROT_WRITE;
-            let scratch = map_anonymous(base + len, scratch_len, rw, false);
-            let slabs = PageVec::with_capacity(capacity);
-            let (scratch, slabs) = match (scratch, slabs) {
-                (Ok(scratch), Some(slabs)) => (scratch, slabs),
-                (scratch, _) => {
-                    // SAFETY: unmapping what was just mapped here, which nothing uses yet.
-                    unsafe {
-                        libc::munmap(base as *mut libc::c_void, len);
-                        if let Ok(scratch) = scratch {
-                            libc::munmap(scratch as *mut libc::c_void, scratch_len);
-                        }
-                    }
-                    return Err(no_memory());
-                }
+            let Some(slabs) = PageVec::with_capacity(capacity) else {
+                // SAFETY: unmapping what was just mapped here, which nothing uses yet.
+                unsafe { libc::munmap(base as *mut libc::c_void, len) };
+                return Err(no_memory());
             };
             record_region(base, len, class.slot_len(), class.size);
-            self.next_hint = scratch + scratch_len;
+            self.next_hint = base + len;
             class.regions.push(Region {
                 base,
-                scratch,
                 capacity,
                 slabs,
             });
@@ -757,7 +712,6 @@ impl Pool {
         class.regions[region].slabs[slab].free = 0;
         class.active -= 1;
         let _ = class.released.push((region as u32, slab as u32)); // room: see put_cold
-        class.release_scratch_tables(region, slab);
         class.regions[region].trim();
         class.compact();
         self.releases += 1;
@@ -833,13 +787,12 @@ pub fn set_stack_size(size: usize) -> Result<usize, String> {
 pub fn take_stack() -> io::Result<PooledStack> {
     let mut pool = lock_pool();
     let size = current_size(&pool);
-    let (guard, scratch) = pool.take(size)?;
+    let guard = pool.take(size)?;
     drop(pool);
     let page = page_size();
     Ok(PooledStack {
         guard,
         size,
-        scratch,
         _valgrind: corosensei::stack::valgrind::ValgrindStackRegistration::new(
             (guard + page) as *mut u8,
             size,
@@ -922,21 +875,18 @@ mod tests {
         assert_ne!(a.guard, b.guard);
         assert_eq!(a.base().get() % 16, 0);
         assert_eq!(a.limit().get() % page_size(), 0);
-        assert_eq!(a.base().get() - a.limit().get(), a.size() + page_size());
+        assert_eq!(a.top() - a.limit().get(), a.size() + page_size());
         touch_top(&a);
-        // Scratch areas: aligned, writable, apart from any stack, next to each other.
+        // The data stack: aligned, writable, above the native stack, ending at the top.
         for stack in [&a, &b] {
-            let scratch = stack.scratch() as usize;
-            assert_eq!(scratch % 16, 0);
-            assert!(scratch + SCRATCH_BYTES <= a.limit().get() || scratch >= a.top());
-            // SAFETY: the scratch area of a stack we own.
-            unsafe { stack.scratch().add(SCRATCH_BYTES - 1).write_volatile(7) };
+            let (data, len) = stack.data_stack();
+            assert_eq!(data as usize % 16, 0);
+            assert_eq!(data as usize, stack.base().get());
+            assert_eq!(data as usize + len, stack.top());
+            assert_eq!(stack.top() - data as usize, data_stack_len(stack.size()));
+            // SAFETY: the data-stack area of a stack we own.
+            unsafe { data.add(len - 1).write_volatile(7) };
         }
-        assert_eq!(
-            a.scratch().wrapping_add(SCRATCH_BYTES),
-            b.scratch(),
-            "dense, in slot order"
-        );
     }
 
     #[test]
@@ -991,16 +941,6 @@ mod tests {
             assert_eq!(grown.live, before.live + count);
             assert!(grown.slabs >= before.slabs + 5, "{before:?} {grown:?}");
             let tops: Vec<usize> = stacks.iter().map(|s| s.top() - page_size()).collect();
-            let mut scratch_pages: Vec<usize> = stacks
-                .iter()
-                .map(|s| {
-                    // SAFETY: the scratch area of a stack we own.
-                    unsafe { s.scratch().write_volatile(1) };
-                    s.scratch() as usize & !(page_size() - 1)
-                })
-                .collect();
-            scratch_pages.dedup();
-            assert!(scratch_pages.len() <= count * SCRATCH_BYTES / page_size() + 1);
             drop(stacks);
             let after = pool_stats();
             assert_eq!(after.live, before.live);
@@ -1014,11 +954,6 @@ mod tests {
             assert!(
                 resident <= WARM_STACKS,
                 "{resident} top pages still resident"
-            );
-            let resident: usize = scratch_pages.iter().map(|&p| resident_pages(p, 1)).sum();
-            assert!(
-                resident <= WARM_STACKS * SCRATCH_BYTES / page_size() + 2,
-                "{resident} scratch pages still resident"
             );
             // Released slabs come back writable, with guards, at the same addresses.
             let again: Vec<_> = (0..count).map(|_| take_stack().unwrap()).collect();

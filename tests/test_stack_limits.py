@@ -76,8 +76,9 @@ def test_deep_recursion_through_c_raises_recursion_error_in_a_greenlet(stack_kib
     for message in lines:
         assert message != "no RecursionError"
         if STACK_POINTER_CHECKS:
-            # Measured on the greenlet's own stack: close to its size, never beyond it.
-            assert stack_kib - 64 <= _used_kib(message) <= stack_kib, message
+            # Measured on the greenlet's own stack (the slot's top eighth, at most 64 KiB, is
+            # its frame data stack): most of its size, never beyond it.
+            assert stack_kib * 5 // 8 <= _used_kib(message) <= stack_kib, message
 
 
 @pytest.mark.skipif(not STACK_POINTER_CHECKS, reason="stack-pointer limits are 3.14+")
@@ -109,10 +110,10 @@ def test_each_greenlet_keeps_its_own_stack_limits_across_switches():
         """
     )
     assert lines[0] == "parked"
-    assert 192 <= _used_kib(lines[1]) <= 256, lines
+    assert 160 <= _used_kib(lines[1]) <= 256, lines
     thread_stack_kib = _used_kib(lines[2])
     assert thread_stack_kib > 1024, lines  # the main thread's stack (8 MiB here)
-    assert 192 <= _used_kib(lines[3]) <= 256, lines
+    assert 160 <= _used_kib(lines[3]) <= 256, lines
 
 
 def test_deallocating_a_deep_structure_in_a_greenlet_with_a_small_stack_does_not_crash():
