@@ -310,13 +310,10 @@ void corolet_pystate_run_fresh(void (*body)(void *), void *arg, corolet_pystate 
     (void)c_levels;
 #endif
 #if PY313
-#if PY315
-    /* Every frame chain of the thread ends in its sentinel frame, which profilers check for
-     * (it is never run and holds nothing). */
-    ts->current_frame = ts->base_frame;
-#else
+    /* 3.15 ends a thread's frame chain in a sentinel frame inside its thread state, which
+     * only profilers look for. A greenlet's chain ends in NULL instead, as greenlet's do: it
+     * can outlive its thread (and so the sentinel), and its frames can still be walked then. */
     ts->current_frame = NULL;
-#endif
 #if !PY314
     ts->delete_later = NULL;
 #endif
