@@ -52,10 +52,13 @@ mirror() {
 
 # Runs "$@" chrooted into $1 inside a private mount namespace with the usual mounts.
 # Variables: BIND_CHECKOUT=1 also mounts the checkout and the Rust homes.
+# With EXEC=1 the caller's process becomes the command (one process all along, so a signal
+# sent to the script reaches the command itself).
 in_namespace() {
-    local root=$1
+    local root=$1 exec=
     shift
-    unshare --mount --propagation private -- bash -euo pipefail -c '
+    [ "${EXEC:-0}" = 1 ] && exec=exec
+    $exec unshare --mount --propagation private -- bash -euo pipefail -c '
         root=$1; checkout=$2; rustup=$3; cargo=$4; bind=$5; shift 5
         mount -t proc proc "$root/proc"
         mount --rbind /dev "$root/dev"
@@ -145,7 +148,7 @@ run() {
                 envs+=("$name=${!name}") ;;
         esac
     done < <(compgen -e)
-    BIND_CHECKOUT=1 in_namespace "$CHROOT" /usr/bin/env -i "${envs[@]}" \
+    EXEC=1 BIND_CHECKOUT=1 in_namespace "$CHROOT" /usr/bin/env -i "${envs[@]}" \
         bash -c 'cd "$1" && shift && exec "$@"' bash "$CHECKOUT" "$@"
 }
 
