@@ -242,3 +242,28 @@ pub fn keep_forever<T: ?Sized>(value: Box<T>) -> *mut T {
 
 /// Null pointer shorthand.
 pub const NULL: *mut ffi::PyObject = ptr::null_mut();
+
+/// The exception being handled (`sys.exception()`), a new reference, or null if none.
+///
+/// # Safety
+/// GIL held.
+pub unsafe fn handled_exception() -> *mut ffi::PyObject {
+    #[cfg(Py_3_11)]
+    // SAFETY: GIL held.
+    let exc = unsafe { ffi::PyErr_GetHandledException() };
+    #[cfg(not(Py_3_11))]
+    // SAFETY: GIL held; the type and traceback references are dropped.
+    let exc = unsafe {
+        let (mut typ, mut value, mut tb) = (ptr::null_mut(), ptr::null_mut(), ptr::null_mut());
+        ffi::PyErr_GetExcInfo(&mut typ, &mut value, &mut tb);
+        ffi::Py_XDECREF(typ);
+        ffi::Py_XDECREF(tb);
+        value
+    };
+    if exc == none() {
+        // SAFETY: GIL held; a reference we own.
+        unsafe { ffi::Py_DECREF(exc) };
+        return ptr::null_mut();
+    }
+    exc
+}

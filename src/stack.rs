@@ -142,11 +142,12 @@ impl PooledStack {
 }
 
 /// Bytes at the top of a slot of `size` usable bytes set aside for the data stack: up to
-/// `DATA_STACK_MAX` and an eighth of the slot, ending `NATIVE_IN_TOP_PAGE` bytes into the
-/// top page. At least 5.5 KiB (`MIN_STACK_SIZE` / 8 - 2.5 KiB) with 4 KiB pages.
+/// `DATA_STACK_MAX` and an eighth of the slot, beginning `NATIVE_IN_TOP_PAGE` bytes into
+/// its first page (pages are 4 KiB or more). At least 5.5 KiB (`MIN_STACK_SIZE` / 8 - 2.5 KiB)
+/// with 4 KiB pages.
 pub fn data_stack_len(size: usize) -> usize {
     let page = page_size();
-    DATA_STACK_MAX.min(size / 8 / page * page).max(page) - NATIVE_IN_TOP_PAGE.min(page / 2)
+    DATA_STACK_MAX.min(size / 8 / page * page).max(page) - NATIVE_IN_TOP_PAGE
 }
 
 // SAFETY: the slot is a read-write mapping of `guard page + size` bytes, with its guard page

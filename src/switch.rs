@@ -551,6 +551,12 @@ pub unsafe fn kill(target: *mut ffi::PyObject) -> *mut ffi::PyObject {
         if exc.is_null() {
             return NULL;
         }
+        // As greenlet: the exception being handled where the greenlet is dropped is the
+        // GreenletExit's context.
+        let handled = crate::pyerr::handled_exception();
+        if !handled.is_null() {
+            ffi::PyException_SetContext(exc, handled); // steals `handled`
+        }
         let err = ErrState::from_instance(exc);
         ffi::Py_DECREF(exc);
         throw_into(target, err)
@@ -667,9 +673,22 @@ pub unsafe fn normalize_throw(
         let val = if val.is_null() { ptr::null_mut() } else { val };
         if ffi::PyExceptionClass_Check(typ) != 0 {
             // Instantiates the class with `val` (None or absent: no arguments; a tuple: the
-            // arguments; anything else: the one argument), as raising it would.
+            // arguments; anything else: the one argument), as raising it would, but without
+            // chaining: the thrower's handled exception is not the thrown one's context (an
+            // instance given as `val` keeps the context it had).
+            let given = if !val.is_null() && ffi::PyObject_TypeCheck(val, typ.cast()) != 0 {
+                ffi::PyException_GetContext(val)
+            } else {
+                ptr::null_mut()
+            };
             ffi::PyErr_SetObject(typ, if val.is_null() { ffi::Py_None() } else { val });
             let mut err = ErrState::fetch();
+            let value = err.value();
+            if !value.is_null() {
+                ffi::PyException_SetContext(value, given); // steals `given`
+            } else {
+                ffi::Py_XDECREF(given);
+            }
             if !tb.is_null() {
                 err.set_traceback(tb);
             }

@@ -112,3 +112,43 @@ def test_greenlet_in_another_thread_costs_no_page_faults() -> None:
     t.join()
     # ru_minflt counts the whole process, and the main thread only waits meanwhile.
     assert result == [dict.fromkeys(DEPTHS, 0)]
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def test_parked_greenlet_shares_one_stack_page_for_native_and_python_frames() -> None:
+    # A greenlet parked three Python frames deep touches a single page of its stack slot:
+    # its native frames (about 1.9 KB) below the data stack, its Python frames above, both
+    # in the slot's top page. With the two in different pages it costs 4 KiB more.
+    main = getcurrent()
+
+    def body():
+        def a():
+            b()
+
+        def b():
+            c()
+
+        def c():
+            main.switch()
+
+        a()
+
+    warm = [greenlet(body) for _ in range(2000)]  # pools and arenas grown beforehand
+    for g in warm:
+        g.switch()
+    del warm, g
+    gc.collect()
+    count = 4000
+    before = _rss()
+    crowd = [greenlet(body) for _ in range(count)]
+    for g in crowd:
+        g.switch()
+    per_greenlet = (_rss() - before) / count
+    del crowd, g
+    gc.collect()
+    # One stack page (4 KiB) plus the objects (about 1 KB); two stack pages would be 9 KB.
+    assert per_greenlet < 7000, f"{per_greenlet:.0f} bytes per parked greenlet"

@@ -108,3 +108,11 @@ def test_demo_shows_the_bridge_driving_real_io():
     assert rss_parked > rss_before + 300, killed  # ~6 KB each while parked
     assert rss_after < rss_before + 5, killed
     assert pte_after < pte_before + 2, killed
+
+
+def test_gevent_server_serves_concurrent_clients_on_corolet():
+    assert _run("gevent_server.py") == [
+        "gevent's greenlet is corolet's: True",
+        "Hub is a corolet greenlet: True",
+        "50 clients x 20 lines served concurrently; totals match",
+    ]

@@ -303,3 +303,55 @@ def test_thrown_greenlet_exit_with_message_is_returned_unchanged(main_greenlet):
     g.switch()
     exit_exc = GreenletExit("stop now")
     assert g.throw(exit_exc) is exit_exc
+
+
+@pytest.mark.parametrize(
+    "args",
+    [(ValueError,), (ValueError, "x"), (), (ValueError, ValueError("given"))],
+    ids=["class", "class-and-value", "default", "class-and-instance"],
+)
+def test_thrown_exception_is_not_chained_to_the_throwers_handled_one(args) -> None:
+    def catcher():
+        try:
+            getcurrent().parent.switch()
+        except BaseException as e:
+            return e.__context__
+
+    g = greenlet(catcher)
+    g.switch()
+    try:
+        raise KeyError("being handled by the thrower")
+    except KeyError:
+        assert g.throw(*args) is None
+
+
+def test_throw_into_self_is_not_chained_either() -> None:
+    def run():
+        try:
+            raise KeyError("handled")
+        except KeyError:
+            try:
+                getcurrent().throw(ValueError)
+            except ValueError as e:
+                return e.__context__
+
+    assert greenlet(run).switch() is None
+
+
+def test_greenlet_exit_of_a_dropped_greenlet_chains_to_the_droppers_handled_exception() -> None:
+    seen = []
+
+    def parked():
+        try:
+            getcurrent().parent.switch()
+        except GreenletExit as e:
+            seen.append(e.__context__)
+
+    g = greenlet(parked)
+    g.switch()
+    handled = KeyError("being handled where the greenlet is dropped")
+    try:
+        raise handled
+    except KeyError:
+        del g
+    assert seen == [handled]
