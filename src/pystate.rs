@@ -48,6 +48,8 @@ extern "C" {
         root_chunk: *mut c_void,
         root_chunk_size: usize,
         c_levels: i32,
+        stack_low: usize,
+        stack_high: usize,
     );
     /// Lets go of a suspended greenlet that will never run again; 1 if the memory its frames
     /// live in may be reused (see `pystate.c`).
