@@ -43,6 +43,7 @@ fn main() {
     cc::Build::new()
         .file("src/pystate.c")
         .file("src/gcstate.c")
+        .file("src/outermost.c")
         .include(&include)
         .flag_if_supported("-Wno-unused-parameter")
         .warnings(true)
@@ -51,5 +52,6 @@ fn main() {
 
     println!("cargo:rerun-if-changed=src/pystate.c");
     println!("cargo:rerun-if-changed=src/gcstate.c");
+    println!("cargo:rerun-if-changed=src/outermost.c");
     println!("cargo:rerun-if-env-changed=PYO3_PYTHON");
 }

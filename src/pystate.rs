@@ -81,6 +81,18 @@ extern "C" {
     pub fn corolet_trash_delete_nesting() -> i32;
     /// `PY_VERSION_HEX` of the headers the C file was built with.
     pub fn corolet_compiled_version() -> std::ffi::c_ulong;
+    /// `PyObject_Call(run, args, kwargs)` from a frame unwinders see as the outermost of the
+    /// stack (see `outermost.c`): a greenlet's `run` is called through it.
+    pub fn corolet_call_run(
+        run: *mut ffi::PyObject,
+        args: *mut ffi::PyObject,
+        kwargs: *mut ffi::PyObject,
+    ) -> *mut ffi::PyObject;
+    /// `PyObject_CallOneArg(run, arg)`, likewise.
+    pub fn corolet_call_run_one(
+        run: *mut ffi::PyObject,
+        arg: *mut ffi::PyObject,
+    ) -> *mut ffi::PyObject;
     pub fn corolet_compiled_debug() -> i32;
     /// Pause CPython's tracing and profiling around a greenlet trace call.
     pub fn corolet_enter_tracing();

@@ -454,7 +454,7 @@ unsafe fn run_and_finish(g: *mut ffi::PyObject, first: Payload) -> Hop<Payload> 
             Ok(()) => match kind {
                 Kind::Raise(e) => Err(e),
                 Kind::Value(v) => {
-                    let r = ffi::PyObject_CallOneArg(run, v);
+                    let r = pystate::corolet_call_run_one(run, v);
                     ffi::Py_DECREF(v);
                     if r.is_null() {
                         Err(ErrState::fetch())
@@ -463,7 +463,7 @@ unsafe fn run_and_finish(g: *mut ffi::PyObject, first: Payload) -> Hop<Payload> 
                     }
                 }
                 Kind::Args { args, kwargs } => {
-                    let r = ffi::PyObject_Call(run, args, kwargs);
+                    let r = pystate::corolet_call_run(run, args, kwargs);
                     ffi::Py_DECREF(args);
                     ffi::Py_XDECREF(kwargs);
                     if r.is_null() {

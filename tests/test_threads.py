@@ -382,3 +382,44 @@ def test_many_threads_each_switching_their_own_greenlets():
     for t in threads:
         t.join(30)
     assert errors == []
+
+
+DAEMON_WAKES_WHILE_FINALIZING = r"""
+import gc, threading, time
+import corolet
+
+lock = threading.Lock()
+lock.acquire()
+started = threading.Event()
+
+def body():
+    started.set()
+    lock.acquire(timeout=0.5)  # wakes while the main thread finalizes the interpreter
+
+def worker():
+    corolet.greenlet(body).switch()
+
+class SlowDel:
+    def __del__(self, sleep=time.sleep):
+        sleep(1.5)  # finalization is still going when the worker wakes
+
+threading.Thread(target=worker, daemon=True).start()
+started.wait()
+gc.disable()
+cycle = SlowDel()
+cycle.me = cycle  # collected by Py_FinalizeEx, after it set the finalizing flag
+del cycle
+print("main done")
+"""
+
+
+def test_daemon_thread_waking_inside_a_greenlet_during_finalization_exits_cleanly():
+    # On 3.10-3.13 CPython ends such a thread with pthread_exit, whose forced unwind starts on
+    # the greenlet's stack: it must stop at the greenlet's base, not abort in our frames.
+    result = subprocess.run(
+        [sys.executable, "-c", DAEMON_WAKES_WHILE_FINALIZING],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout) == (0, "main done\n"), result.stderr
