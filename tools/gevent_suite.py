@@ -39,7 +39,8 @@ overrides). A file passes when it exits 0 (or 5 on 3.12.1+ when all its tests sk
 runner allows); it crashed when a signal ended it, timed out when it had to be killed. Test-case
 counts come from unittest's closing lines, and the failing test cases and tracebacks from its
 report. A file that gevent marks flaky in this configuration, or whose failures are all gevent's
-``FlakyAssertionError``, is run once more and counts by its second run.
+``FlakyAssertionError``, is run once more and counts by its second run (unless the known-failure
+list below expects it to fail).
 
 The whole suite runs on corolet; then only the files that did not pass there run on greenlet
 (``--full-baseline``: all of them), which classifies each: failing on both is this machine's reason
@@ -267,6 +268,7 @@ class Suite:
     not_run: dict[str, str]  # file name -> why gevent's runner runs no command for it
     flaky: set[str]  # files gevent marks flaky in this configuration: run twice if they fail
     listed_flaky: set[str]  # files our list marks flaky: run twice if they fail or time out
+    listed_failing: set[str]  # the other files of our list: expected to fail, never run twice
     run_alone: set[str]
     cwd: Path
     timeout: float | None
@@ -578,6 +580,7 @@ def enumerate_suite(impl: str, python: str, args: argparse.Namespace, cwd: Path)
         not_run=not_run,
         flaky=flaky,
         listed_flaky=set(),
+        listed_failing=set(),
         run_alone=set(data["run_alone"]),
         cwd=cwd,
         timeout=args.timeout,
@@ -732,6 +735,8 @@ def run_file(suite: Suite, name: str) -> FileResult:
         result.cases and all(FLAKY_RE.search(case.traceback) for case in result.cases)
     )
     listed = name in suite.listed_flaky
+    if name in suite.listed_failing:
+        return result
     if (marked or listed) and result.status == "failed" or listed and result.status == "timeout":
         first = result
         result = outcome(name, *run_child(cmd, cwd, env, timeout), timeout, suite.allowed_codes)
@@ -1099,6 +1104,7 @@ def run(args: argparse.Namespace, root: Path) -> int:
     known = load_known(known_path(version))
     for suite in suites.values():
         suite.listed_flaky = {name for name, reason in known.items() if is_flaky(reason)}
+        suite.listed_failing = set(known) - suite.listed_flaky
     for name, reason in sorted(mine_suite.not_run.items()):
         print(f"  not run: {name}: {reason}")
     mine, mine_seconds = run_files(mine_suite, sorted(mine_suite.commands), args.jobs)
