@@ -4,7 +4,9 @@
 #   make demo                 build corolet and run `python -m corolet`
 #   make test                 build corolet and run every test (cargo, pytest, upstream greenlet
 #                             suite, gevent's suite)
-#   make test-all             `make test` on every supported interpreter
+#   make test-all             `make test` on every supported interpreter: the pyenv ones (PYS),
+#                             then 3.14 and 3.15 in a Debian sid chroot (SID_PYS; empty skips it)
+#   make sid-chroot           set up that chroot (tools/sid-chroot.sh; test-all does it too)
 #   PYTHON=/path/to/python    choose the interpreter (default: python3)
 
 PYTHON ?= python3
@@ -14,10 +16,12 @@ VPY := $(CURDIR)/$(VENV)/bin/python
 CARGO_TARGET := $(CURDIR)/target/py$(PYVER)
 PYS ?= /root/.pyenv/versions/3.10.13/bin/python /root/.pyenv/versions/3.11.7/bin/python \
        /root/.pyenv/versions/3.12.1/bin/python /root/.pyenv/versions/3.13.0/bin/python
+# Debian sid's interpreters, inside the chroot tools/sid-chroot.sh makes.
+SID_PYS ?= /usr/bin/python3.14 /usr/bin/python3.15
 export CARGO_TARGET_DIR := $(CARGO_TARGET)
 
-.PHONY: demo test test-all venv build cargo-test lint pytest upstream gevent bench-fast bench valgrind \
-        clean
+.PHONY: demo test test-all test-sid sid-chroot venv build cargo-test lint pytest upstream gevent \
+        bench-fast bench valgrind clean
 
 $(VENV)/.stamp: tests/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -85,6 +89,16 @@ test: build cargo-test lint pytest upstream bench-fast gevent
 
 test-all:
 	set -e; for p in $(PYS); do $(MAKE) --no-print-directory test PYTHON=$$p; done
+	$(if $(strip $(SID_PYS)),tools/sid-chroot.sh run make --no-print-directory test-sid \
+	    PYTHON=$(firstword $(SID_PYS)) SID_PYS="$(SID_PYS)")
+
+# Run inside the sid chroot (tools/sid-chroot.sh run make test-sid): `make test` on each of
+# its interpreters.
+test-sid:
+	set -e; for p in $(SID_PYS); do $(MAKE) --no-print-directory test PYTHON=$$p; done
+
+sid-chroot:
+	tools/sid-chroot.sh setup
 
 # Memory errors under valgrind: fails on any invalid read, write or free, or on memory
 # definitely lost. CPython's own start-up noise is suppressed in tools/valgrind.supp.

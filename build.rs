@@ -10,6 +10,18 @@ fn main() {
     pyo3_build_config::add_libpython_rpath_link_args();
 
     let config = pyo3_build_config::get();
+    // The C file refuses these too; saying so here comes before any compiler output.
+    assert!(
+        !config.is_free_threaded(),
+        "corolet does not support free-threaded CPython builds (3.13t, 3.14t, ...) yet: \
+         build it with the interpreter's GIL build (python3.x, not python3.xt)"
+    );
+    let version = config.version();
+    let (major, minor) = (version.major, version.minor);
+    assert!(
+        (major, minor) >= (3, 10) && (major, minor) <= (3, 15),
+        "corolet supports CPython 3.10 to 3.15, not {major}.{minor}"
+    );
     let python = config
         .executable()
         .map(str::to_string)

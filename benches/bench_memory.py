@@ -87,6 +87,8 @@ WORKER = (
     r"""
 impl = __import__(sys.argv[1])
 n = int(sys.argv[2])
+if int(sys.argv[3]):
+    impl.stack_size(int(sys.argv[3]))  # corolet only: its native stack size
 """
     + PARKED_THREE_DEEP
     + r"""read_status(0)
@@ -126,9 +128,9 @@ print(json.dumps({
 )
 
 
-def run(python: str, module: str, n: int) -> dict:
+def run(python: str, module: str, n: int, stack_size: int = 0) -> dict:
     out = subprocess.run(
-        [python, "-c", COMMON + WORKER, module, str(n)],
+        [python, "-c", COMMON + WORKER, module, str(n), str(stack_size)],
         capture_output=True,
         text=True,
         timeout=1800,
@@ -154,16 +156,18 @@ def control(python: str, n: int) -> float:
 def table(rows: list[tuple[int, dict, dict, float]]) -> str:
     lines = [
         "| greenlets | RSS per parked (corolet / greenlet) | page tables per parked "
+        "| RSS + page tables per parked "
         "| create + park µs | full GC pass while parked, ms | kill µs "
         "| RSS left after kill, MB (start) "
         "| page tables left, MB | same RSS with plain objects, MB "
         "| still allocated after kill: Python blocks, malloc KB |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n, c, g, plain in rows:
         lines.append(
             f"| {n:,} | {c['rss_per']:,.0f} B / {g['rss_per']:,.0f} B "
             f"| {c['pte_per']:,.0f} B / {g['pte_per']:,.0f} B "
+            f"| {c['rss_per'] + c['pte_per']:,.0f} B / {g['rss_per'] + g['pte_per']:,.0f} B "
             f"| {c['create_us']:.2f} / {g['create_us']:.2f} "
             f"| {c['gc_ms']:,.1f} / {g['gc_ms']:,.1f} "
             f"| {c['kill_us']:.2f} / {g['kill_us']:.2f} "
@@ -181,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--python", default=sys.executable, help="interpreter with corolet")
     parser.add_argument("--fast", action="store_true", help="10,000 greenlets only")
     parser.add_argument("--counts", default="10000,100000,1000000")
+    parser.add_argument(
+        "--stack-size",
+        type=int,
+        default=0,
+        help="corolet.stack_size() for corolet's greenlets, in bytes (default: its own, 8 MiB)",
+    )
     args = parser.parse_args(argv)
     counts = [10_000] if args.fast else [int(c) for c in args.counts.split(",")]
     env = common.probe(args.python, "corolet")
@@ -188,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [
         (
             n,
-            run(args.python, "corolet", n),
+            run(args.python, "corolet", n, args.stack_size),
             run(greenlet_python, "greenlet", n),
             control(args.python, n),
         )
@@ -197,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     mach = common.machine()
     print(
         f"Python {env['sys_version'].split()[0]}, {mach['cpu']}, {mach['cpus']} CPUs; "
-        f"greenlet {common.GREENLET_VERSION}; each greenlet parked 3 Python frames deep"
+        f"greenlet {common.GREENLET_VERSION}; each greenlet parked 3 Python frames deep; "
+        f"corolet's stack size {args.stack_size or 'default (8 MiB)'}"
     )
     print(table(rows))
     return 0

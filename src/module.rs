@@ -297,11 +297,17 @@ fn check_interpreter(py: Python<'_>) -> PyResult<()> {
              rebuild it for this interpreter"
         )));
     }
-    if sys.hasattr("gettotalrefcount")? {
-        return Err(PyImportError::new_err(
-            "corolet was built for a release build of CPython but this is a debug build; \
+    // SAFETY: a pure function of the compiled headers.
+    let built_debug = unsafe { pystate::corolet_compiled_debug() } != 0;
+    let running_debug = sys.hasattr("gettotalrefcount")?;
+    if built_debug != running_debug {
+        let kind = |debug: bool| if debug { "a debug" } else { "a release" };
+        return Err(PyImportError::new_err(format!(
+            "corolet was built for {} build of CPython but this is {} build; \
              rebuild it for this interpreter",
-        ));
+            kind(built_debug),
+            kind(running_debug)
+        )));
     }
     let sysconfig = py.import("sysconfig")?;
     let gil_disabled = sysconfig.call_method1("get_config_var", ("Py_GIL_DISABLED",))?;

@@ -15,30 +15,40 @@
  * nobody. The error indicator is deliberately not switched: an exception crosses a switch
  * as the pending error.
  *
- * Versions: 3.10, 3.11, 3.12, 3.13 (GIL builds). 3.14 moved C recursion checks to stack
- * addresses; its per-greenlet stack limits are not written yet, so building for it stops.
+ * Versions: 3.10 to 3.15 (GIL builds). 3.14 moved C recursion checks to stack addresses:
+ * there each greenlet carries the C-stack limits of its own native stack (see PY314 below).
  */
 #include <Python.h>
 #include <frameobject.h>
 #include <stddef.h>
 #include <string.h>
 
-#if PY_VERSION_HEX < 0x030A0000 || PY_VERSION_HEX >= 0x030E0000
-#error "corolet supports CPython 3.10 to 3.13; 3.14 needs per-greenlet C-stack limits (see README)"
+#if PY_VERSION_HEX < 0x030A0000 || PY_VERSION_HEX >= 0x03100000
+#error "corolet supports CPython 3.10 to 3.15"
 #endif
 #ifdef Py_GIL_DISABLED
-#error "corolet does not support free-threaded builds yet"
+#error "corolet does not support free-threaded CPython builds (3.13t, 3.14t, ...) yet: build it with the interpreter's GIL build (python3.x, not python3.xt)"
 #endif
 
 #define PY311 (PY_VERSION_HEX >= 0x030B0000)
 #define PY312 (PY_VERSION_HEX >= 0x030C0000)
 #define PY313 (PY_VERSION_HEX >= 0x030D0000)
+#define PY314 (PY_VERSION_HEX >= 0x030E0000)
+#define PY315 (PY_VERSION_HEX >= 0x030F0000)
 
 #if PY311
 /* The interpreter-frame layout, to walk an abandoned greenlet's frames. Only this file
  * sees CPython's internals. */
 #define Py_BUILD_CORE 1
+#if PY314
+/* 3.14: the frame layout with its _PyStackRef accessors, and _PyThreadStateImpl, where the
+ * C-stack limits are. */
+#include "internal/pycore_interpframe.h"
+#include "internal/pycore_pythonrun.h"
+#include "internal/pycore_tstate.h"
+#else
 #include "internal/pycore_frame.h"
+#endif
 #endif
 
 typedef struct {
@@ -55,10 +65,22 @@ typedef struct {
     PyFrameObject *frame; /* borrowed, as in the thread state */
 #endif
     int py_depth;
-#if PY312
+#if PY314
+    /* The C-stack limits recursion checks compare the stack pointer with: the thread's own
+     * for the main greenlet, computed from its native stack for any other. */
+    uintptr_t c_stack_top;
+    uintptr_t c_stack_soft_limit;
+    uintptr_t c_stack_hard_limit;
+    PyObject *current_executor; /* the JIT's running executor; borrowed, as in the thread */
+#if PY315
+    struct _PyInterpreterFrame *last_profiled_frame; /* the remote profiler's anchor */
+#endif
+#elif PY312
     int c_depth;
 #endif
-#if PY313
+#if PY314
+    /* delete_later stays with the thread: see corolet_pystate_run_fresh. */
+#elif PY313
     PyObject *delete_later;
 #else
     int trash_delete_nesting;
@@ -79,7 +101,9 @@ _Static_assert(sizeof(corolet_pystate) <= COROLET_PYSTATE_CAPACITY, "grow the Ru
 
 size_t corolet_pystate_size(void) { return sizeof(corolet_pystate); }
 
-#if PY313
+#if PY314
+/* No C recursion counter: checks compare the stack pointer with per-thread limits. */
+#elif PY313
 #define C_LIMIT Py_C_RECURSION_LIMIT
 #elif PY312
 #define C_LIMIT C_RECURSION_LIMIT
@@ -101,7 +125,18 @@ static inline struct _PyInterpreterFrame *suspended_top(const corolet_pystate *s
 void corolet_pystate_save(corolet_pystate *s)
 {
     PyThreadState *ts = PyThreadState_GET();
-#if PY313
+#if PY314
+    _PyThreadStateImpl *impl = (_PyThreadStateImpl *)ts;
+    s->current_frame = ts->current_frame;
+    s->py_depth = ts->py_recursion_limit - ts->py_recursion_remaining;
+    s->c_stack_top = impl->c_stack_top;
+    s->c_stack_soft_limit = impl->c_stack_soft_limit;
+    s->c_stack_hard_limit = impl->c_stack_hard_limit;
+    s->current_executor = ts->current_executor;
+#if PY315
+    s->last_profiled_frame = ts->last_profiled_frame;
+#endif
+#elif PY313
     s->current_frame = ts->current_frame;
     s->py_depth = ts->py_recursion_limit - ts->py_recursion_remaining;
     s->c_depth = C_LIMIT - ts->c_recursion_remaining;
@@ -145,7 +180,18 @@ void corolet_pystate_save(corolet_pystate *s)
 void corolet_pystate_restore(corolet_pystate *s)
 {
     PyThreadState *ts = PyThreadState_GET();
-#if PY313
+#if PY314
+    _PyThreadStateImpl *impl = (_PyThreadStateImpl *)ts;
+    ts->current_frame = s->current_frame;
+    ts->py_recursion_remaining = ts->py_recursion_limit - s->py_depth;
+    impl->c_stack_top = s->c_stack_top;
+    impl->c_stack_soft_limit = s->c_stack_soft_limit;
+    impl->c_stack_hard_limit = s->c_stack_hard_limit;
+    ts->current_executor = s->current_executor;
+#if PY315
+    ts->last_profiled_frame = s->last_profiled_frame;
+#endif
+#elif PY313
     ts->current_frame = s->current_frame;
     ts->py_recursion_remaining = ts->py_recursion_limit - s->py_depth;
     ts->c_recursion_remaining = C_LIMIT - s->c_depth;
@@ -206,16 +252,57 @@ static void free_datastack(_PyStackChunk *chunk, void *root)
  * On 3.11+ the data stack starts in `root` (`root_size` bytes at the top of the greenlet's
  * own stack slot, above its native stack: a new greenlet costs no allocation, and a root
  * chunk larger than a thread's means ordinary code never crosses into chunks CPython maps and
- * unmaps itself, which deeper calls still do). On 3.12+, where C recursion has its own counter, the greenlet
- * gets `c_levels` levels of it at most (what its stack can hold).
+ * unmaps itself, which deeper calls still do). On 3.12 and 3.13, where C recursion has its
+ * own counter, the greenlet gets `c_levels` levels of it at most (what its stack can hold).
+ * On 3.14+, where recursion checks compare the stack pointer with limits, the limits are
+ * placed in the greenlet's own native stack, [stack_low, stack_high).
  * When body returns, the greenlet's data stack is freed, what it still owns (its context) is
  * moved into *s, and the thread state points at nothing of this stack any more. The caller switches away right after, restoring another greenlet.
  */
+#if PY314
+#if !_Py_STACK_GROWS_DOWN
+#error "corolet places the C-stack limits for stacks that grow down"
+#endif
+/*
+ * 3.14+: points the thread's C-stack limits at a greenlet's native stack [low, high), the way
+ * CPython places a thread's (tstate_set_stack): the hard limit (a fatal error below it) one
+ * margin above the low end, the soft limit (RecursionError below it) two margins above. The
+ * checks act only while the stack pointer is between the low end and the soft limit, and
+ * _Py_Dealloc defers deallocations to the thread's delete_later list while it is within two
+ * margins of the soft limit: with the thread's own limits on a greenlet stack mapped below
+ * the thread's stack, every check would pass (deep recursion would hit the guard page) and
+ * every deallocation of a GC object would be deferred.
+ */
+static void set_c_stack_limits(PyThreadState *ts, uintptr_t low, uintptr_t high)
+{
+    _PyThreadStateImpl *impl = (_PyThreadStateImpl *)ts;
+    impl->c_stack_top = high;
+    impl->c_stack_hard_limit = low + _PyOS_STACK_MARGIN_BYTES;
+    impl->c_stack_soft_limit = low + 2 * _PyOS_STACK_MARGIN_BYTES;
+}
+#endif
+
 void corolet_pystate_run_fresh(void (*body)(void *), void *arg, corolet_pystate *s, void *root,
-                               size_t root_size, int c_levels)
+                               size_t root_size, int c_levels, uintptr_t stack_low,
+                               uintptr_t stack_high)
 {
     PyThreadState *ts = PyThreadState_GET();
-#if PY312
+#if PY314
+    (void)c_levels;
+    set_c_stack_limits(ts, stack_low, stack_high);
+    /* current_executor stays the starter's, as for any call made from its code.
+     * delete_later stays the thread's: the objects on it are unreachable, waiting for any
+     * code of the thread to deallocate them where the stack has room (every check is against
+     * the running greenlet's own limits). Kept per greenlet, those deferred by a greenlet
+     * whose stack never has that much room (a small one) would wait for it to run again. */
+#if PY315
+    ts->last_profiled_frame = NULL; /* a new frame chain: nothing profiled in it yet */
+#endif
+#else
+    (void)stack_low;
+    (void)stack_high;
+#endif
+#if PY312 && !PY314
     /* A new stack: the C recursion budget is the interpreter's limit, or what this stack
      * can hold if that is less, so deep C recursion raises RecursionError, not a crash. */
     ts->c_recursion_remaining = c_levels < C_LIMIT ? c_levels : C_LIMIT;
@@ -223,8 +310,13 @@ void corolet_pystate_run_fresh(void (*body)(void *), void *arg, corolet_pystate 
     (void)c_levels;
 #endif
 #if PY313
+    /* 3.15 ends a thread's frame chain in a sentinel frame inside its thread state, which
+     * only profilers look for. A greenlet's chain ends in NULL instead, as greenlet's do: it
+     * can outlive its thread (and so the sentinel), and its frames can still be walked then. */
     ts->current_frame = NULL;
+#if !PY314
     ts->delete_later = NULL;
+#endif
 #else
 #if PY311
     _PyCFrame cframe;
@@ -293,6 +385,74 @@ void corolet_pystate_run_fresh(void (*body)(void *), void *arg, corolet_pystate 
     ts->exc_info = &ts->exc_state;
 }
 
+#if PY315
+/*
+ * 3.15: releases what the frames of an abandoned chain own (fast locals, evaluation stack,
+ * locals dict, frame object, function, code), as greenlet does from 3.15 on. The references
+ * are first moved out of all the frames, and only then dropped: dropping one can run any
+ * code (a __del__, a generator finalised while it "executes"), which must not find the chain
+ * half walked. Returns -1 (nothing moved) if the list cannot be allocated.
+ */
+static int release_frames(struct _PyInterpreterFrame *top)
+{
+    Py_ssize_t room = 0;
+    for (struct _PyInterpreterFrame *f = top; f != NULL; f = f->previous) {
+        PyObject *executable = PyStackRef_AsPyObjectBorrow(f->f_executable);
+        if (f->owner == FRAME_OWNED_BY_THREAD && executable != NULL && PyCode_Check(executable)) {
+            PyCodeObject *code = (PyCodeObject *)executable;
+            room += code->co_nlocalsplus + code->co_stacksize + 4;
+        }
+    }
+    PyObject **owned = PyMem_Malloc((size_t)(room > 0 ? room : 1) * sizeof(PyObject *));
+    if (owned == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    Py_ssize_t n = 0;
+#define TAKE_REF(ref)                                                                         \
+    do {                                                                                      \
+        if (PyStackRef_RefcountOnObject(ref)) {                                               \
+            owned[n++] = PyStackRef_AsPyObjectBorrow(ref); /* the reference moves */          \
+        }                                                                                     \
+        (ref) = PyStackRef_NULL;                                                              \
+    } while (0)
+    for (struct _PyInterpreterFrame *f = top; f != NULL; f = f->previous) {
+        PyObject *executable = PyStackRef_AsPyObjectBorrow(f->f_executable);
+        if (f->owner != FRAME_OWNED_BY_THREAD || executable == NULL ||
+            !PyCode_Check(executable)) {
+            continue; /* generator frames belong to their generators */
+        }
+        PyCodeObject *code = (PyCodeObject *)executable;
+        _PyStackRef *base = f->localsplus;
+        _PyStackRef *sp = f->stackpointer; /* spilled when the frame made its last call */
+        if (sp == NULL || sp < base + code->co_nlocalsplus ||
+            sp > base + code->co_nlocalsplus + code->co_stacksize) {
+            sp = base + code->co_nlocalsplus;
+        }
+        for (_PyStackRef *slot = base; slot < sp; slot++) {
+            TAKE_REF(*slot);
+        }
+        f->stackpointer = base;
+        TAKE_REF(f->f_funcobj);
+        TAKE_REF(f->f_executable);
+        if (f->f_locals != NULL) {
+            owned[n++] = f->f_locals;
+            f->f_locals = NULL;
+        }
+        if (f->frame_obj != NULL) {
+            owned[n++] = (PyObject *)f->frame_obj;
+            f->frame_obj = NULL;
+        }
+    }
+#undef TAKE_REF
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_DECREF(owned[i]);
+    }
+    PyMem_Free(owned);
+    return 0;
+}
+#endif
+
 /*
  * A suspended greenlet will never run again (its thread is gone, or the interpreter is
  * shutting down): drop what its saved state holds and decide whether the memory its frames
@@ -300,7 +460,8 @@ void corolet_pystate_run_fresh(void (*body)(void *), void *arg, corolet_pystate 
  * one of its frames is referenced from elsewhere (a traceback, gr_frame kept by the user):
  * that object points into the memory. Otherwise its frame objects, which only the abandoned
  * frames own, are taken out of the garbage collector's view (they leak, with what those
- * frames held), the data-stack chunks CPython allocated are freed, and 1 is returned.
+ * frames held; on 3.15 what the frames held is released instead), the data-stack chunks
+ * CPython allocated are freed, and 1 is returned.
  */
 int corolet_pystate_abandon(corolet_pystate *s, void *root)
 {
@@ -314,10 +475,15 @@ int corolet_pystate_abandon(corolet_pystate *s, void *root)
             return 0;
         }
     }
-    for (f = top; f != NULL; f = f->previous) {
-        if (f->owner == FRAME_OWNED_BY_THREAD && f->frame_obj != NULL &&
-            PyObject_GC_IsTracked((PyObject *)f->frame_obj)) {
-            PyObject_GC_UnTrack(f->frame_obj);
+#if PY315
+    if (release_frames(top) < 0)
+#endif
+    {
+        for (f = top; f != NULL; f = f->previous) {
+            if (f->owner == FRAME_OWNED_BY_THREAD && f->frame_obj != NULL &&
+                PyObject_GC_IsTracked((PyObject *)f->frame_obj)) {
+                PyObject_GC_UnTrack(f->frame_obj);
+            }
         }
     }
     free_datastack(s->datastack_chunk, root);
@@ -372,7 +538,22 @@ int corolet_pystate_traverse(corolet_pystate *s, visitproc visit, void *arg)
  * CPython keeps in a known place (the function, code, locals dict, frame object and the fast
  * locals and cells); values on a frame's evaluation stack are not, which can only make the
  * collector keep more, never free too much.
+ *
+ * 3.14+: frames hold _PyStackRefs, and a tagged one (deferred, immortal, a tagged int or
+ * NULL) owns no reference: only those that do are reported, as CPython's own collector counts
+ * only references held on the object.
  */
+#if PY314
+#define VISIT_REF(ref)                                                                        \
+    do {                                                                                      \
+        if (PyStackRef_RefcountOnObject(ref)) {                                               \
+            Py_VISIT(PyStackRef_AsPyObjectBorrow(ref));                                       \
+        }                                                                                     \
+    } while (0)
+#else
+#define VISIT_REF(ref) Py_VISIT(ref)
+#endif
+
 int corolet_pystate_traverse_frames(const corolet_pystate *s, visitproc visit, void *arg)
 {
 #if PY311
@@ -391,7 +572,11 @@ int corolet_pystate_traverse_frames(const corolet_pystate *s, visitproc visit, v
         if (f->owner != FRAME_OWNED_BY_THREAD) {
             continue; /* generator frames are their generator's to report */
         }
-#if PY313
+#if PY314
+        PyCodeObject *code = (PyCodeObject *)PyStackRef_AsPyObjectBorrow(f->f_executable);
+        VISIT_REF(f->f_executable);
+        VISIT_REF(f->f_funcobj);
+#elif PY313
         PyCodeObject *code = (PyCodeObject *)f->f_executable;
         Py_VISIT(f->f_executable);
         Py_VISIT(f->f_funcobj);
@@ -410,7 +595,7 @@ int corolet_pystate_traverse_frames(const corolet_pystate *s, visitproc visit, v
             continue;
         }
         for (int i = 0; i < code->co_nlocalsplus; i++) {
-            Py_VISIT(f->localsplus[i]);
+            VISIT_REF(f->localsplus[i]);
         }
     }
 #else
@@ -514,6 +699,16 @@ int corolet_trash_delete_nesting(void)
 
 /* PY_VERSION_HEX of the headers this file was compiled against. */
 unsigned long corolet_compiled_version(void) { return PY_VERSION_HEX; }
+
+/* Whether those headers were a debug build's (Py_DEBUG: another object layout and ABI). */
+int corolet_compiled_debug(void)
+{
+#ifdef Py_DEBUG
+    return 1;
+#else
+    return 0;
+#endif
+}
 
 /* Trace calls into the greenlet trace function run with CPython's own tracing and profiling
  * paused, as for any tracing hook. */

@@ -48,6 +48,8 @@ extern "C" {
         root_chunk: *mut c_void,
         root_chunk_size: usize,
         c_levels: i32,
+        stack_low: usize,
+        stack_high: usize,
     );
     /// Lets go of a suspended greenlet that will never run again; 1 if the memory its frames
     /// live in may be reused (see `pystate.c`).
@@ -79,6 +81,7 @@ extern "C" {
     pub fn corolet_trash_delete_nesting() -> i32;
     /// `PY_VERSION_HEX` of the headers the C file was built with.
     pub fn corolet_compiled_version() -> std::ffi::c_ulong;
+    pub fn corolet_compiled_debug() -> i32;
     /// Pause CPython's tracing and profiling around a greenlet trace call.
     pub fn corolet_enter_tracing();
     /// Undo `corolet_enter_tracing`.

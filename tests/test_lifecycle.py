@@ -276,7 +276,7 @@ def test_fork_child_keeps_its_greenlets_and_sees_other_threads_as_exited():
             try:
                 other[0].switch()
             except corolet.error as e:
-                print("child:", e)
+                print("child:", e, flush=True)  # os._exit does not flush
             os._exit(0)
         _, status = os.waitpid(pid, 0)
         print("status", status)

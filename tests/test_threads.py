@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import threading
 import time
 
@@ -234,6 +236,45 @@ def test_suspended_greenlet_outliving_its_thread_never_runs_its_finally_block():
     assert _wait_for(lambda: holder[0].dead)
     holder.clear()
     assert finally_ran == []
+
+
+def test_frames_of_a_greenlet_that_outlived_its_thread_can_still_be_walked():
+    # Its frame chain must end in nothing of the thread's own (3.15 ends a thread's chain in a
+    # sentinel frame inside its thread state, freed with the thread). In a child interpreter
+    # with CPython's debug allocator, which poisons freed memory.
+    code = """
+import threading
+from corolet import getcurrent, greenlet
+
+def in_thread():
+    main = getcurrent()
+    def inner():
+        main.switch()
+    def body():
+        inner()
+    g = greenlet(body)
+    g.switch()
+    box.append(g.gr_frame)
+    box.append(g)
+
+box = []
+t = threading.Thread(target=in_thread)
+t.start()
+t.join()
+frame, g = box
+names = []
+while frame is not None:
+    names.append(frame.f_code.co_name)
+    frame = frame.f_back
+print(names)
+del frame, g, box
+print("ok")
+"""
+    proc = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["['inner',", "'body']", "ok"]
 
 
 def test_suspended_greenlet_dropped_before_its_thread_ends_is_killed_there():
