@@ -20,7 +20,7 @@ PYS ?= /root/.pyenv/versions/3.10.13/bin/python /root/.pyenv/versions/3.11.7/bin
 SID_PYS ?= /usr/bin/python3.14 /usr/bin/python3.15
 export CARGO_TARGET_DIR := $(CARGO_TARGET)
 
-.PHONY: demo test test-all test-sid sid-chroot venv build cargo-test lint pytest upstream gevent \
+.PHONY: demo test test-all test-pys test-sid-chroot test-sid sid-chroot venv build cargo-test lint pytest upstream gevent \
         bench-fast bench valgrind clean
 
 $(VENV)/.stamp: tests/requirements.txt
@@ -87,8 +87,15 @@ bench: build
 
 test: build cargo-test lint pytest upstream bench-fast gevent
 
+# The pyenv interpreters and the chroot's run side by side (two streams of mostly
+# single-threaded work on CI's two cores), their output interleaved line by line.
 test-all:
+	$(MAKE) --no-print-directory -j2 --output-sync=line test-pys test-sid-chroot
+
+test-pys:
 	set -e; for p in $(PYS); do $(MAKE) --no-print-directory test PYTHON=$$p; done
+
+test-sid-chroot:
 	$(if $(strip $(SID_PYS)),tools/sid-chroot.sh run make --no-print-directory test-sid \
 	    PYTHON=$(firstword $(SID_PYS)) SID_PYS="$(SID_PYS)")
 

@@ -239,7 +239,7 @@ def fetch_sdist() -> Path:
     path = CACHE_DIR / SDIST_NAME
     if not path.exists():
         CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".part")
+        partial = path.with_suffix(f".{os.getpid()}.part")  # two runs may fetch at once
         with urllib.request.urlopen(sdist_url(), timeout=120) as response:
             partial.write_bytes(response.read())
         verify(partial)
