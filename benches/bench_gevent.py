@@ -511,7 +511,7 @@ def parent(args: argparse.Namespace) -> int:
     for key in ("rounds", "repeats", "scale"):
         if getattr(args, key) is not None:
             setattr(settings, key, getattr(args, key))
-    cpu = args.cpu if args.cpu is not None else default_cpu()
+    cpu = args.cpu if args.cpu is not None else common.default_cpu()
     impls = args.impl or list(IMPLS)
     try:
         env = environment(args.python or sys.executable)
@@ -520,16 +520,12 @@ def parent(args: argparse.Namespace) -> int:
         common.log(f"bench_gevent: cannot set up: {e}")
         return 2
     names = args.workload or list(WORKLOADS)
-    results: dict = {name: {impl: [] for impl in IMPLS} for name in names}
-    for rnd in range(settings.rounds):
-        common.log(f"round {rnd + 1}/{settings.rounds}")
-        order = impls if rnd % 2 == 0 else impls[::-1]
-        for name in names:
-            for impl in order:
-                res = run_worker(pythons[impl], impl, name, settings, cpu)
-                results[name][impl].append(res)
-                if "error" in res:
-                    common.log(f"  {name} on {impl} FAILED: {res['error']}")
+    results = common.alternate_rounds(
+        names,
+        impls,
+        settings.rounds,
+        lambda impl, name: run_worker(pythons[impl], impl, name, settings, cpu),
+    )
     rows = [summarise(name, results[name]) for name in names]
     mach = common.machine()
     header = (
@@ -562,12 +558,6 @@ def parent(args: argparse.Namespace) -> int:
         common.log(f"FAILED: {', '.join(failed)}")
         return 1
     return 0
-
-
-def default_cpu() -> int | None:
-    if not hasattr(os, "sched_getaffinity"):
-        return None
-    return max(os.sched_getaffinity(0))
 
 
 # --------------------------------------------------------------------------- main

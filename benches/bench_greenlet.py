@@ -365,17 +365,38 @@ def run_worker(python: str, impl: str, name: str, settings: SimpleNamespace) -> 
 
 def run_rounds(pythons: dict[str, str], names: list[str], settings: SimpleNamespace) -> dict:
     """results[name][impl] = list of worker results, one per round."""
-    results: dict = {name: {impl: [] for impl in IMPLS} for name in names}
-    for rnd in range(settings.rounds):
-        log(f"round {rnd + 1}/{settings.rounds}")
-        order = IMPLS if rnd % 2 == 0 else IMPLS[::-1]
+    return alternate_rounds(
+        names,
+        IMPLS,
+        settings.rounds,
+        lambda impl, name: run_worker(pythons[impl], impl, name, settings),
+    )
+
+
+def alternate_rounds(
+    names: list[str], impls: list[str], rounds: int, run: Callable[[str, str], dict]
+) -> dict:
+    """Runs run(impl, name) for every workload and implementation, `rounds` times, the
+    implementations' order alternating from round to round. results[name][impl] = the
+    results, one per round (a result with an "error" key is logged)."""
+    results: dict = {name: {impl: [] for impl in impls} for name in names}
+    for rnd in range(rounds):
+        log(f"round {rnd + 1}/{rounds}")
+        order = impls if rnd % 2 == 0 else impls[::-1]
         for name in names:
             for impl in order:
-                res = run_worker(pythons[impl], impl, name, settings)
+                res = run(impl, name)
                 results[name][impl].append(res)
                 if "error" in res:
                     log(f"  {name} on {impl} FAILED: {res['error']}")
     return results
+
+
+def default_cpu() -> int | None:
+    """The CPU workers are pinned to: the last one this process may run on."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    return max(os.sched_getaffinity(0))
 
 
 def summarise(name: str, per_impl: dict) -> dict:

@@ -425,12 +425,6 @@ def pin(cpu: int | None) -> int | None:
     return cpu
 
 
-def default_cpu() -> int | None:
-    if not hasattr(os, "sched_getaffinity"):
-        return None
-    return max(os.sched_getaffinity(0))
-
-
 def worker(impl_name: str, wl: Workload, target_ms: float, repeats: int, cpu: int | None):
     pinned = pin(cpu)
     impl = common.load_impl(impl_name)
@@ -571,7 +565,7 @@ def parent(args: argparse.Namespace) -> int:
     for key in ("rounds", "target_ms", "repeats"):
         if getattr(args, key) is not None:
             setattr(settings, key, getattr(args, key))
-    cpu = args.cpu if args.cpu is not None else default_cpu()
+    cpu = args.cpu if args.cpu is not None else common.default_cpu()
     python = args.python or sys.executable
     env = common.probe(python, "corolet")
     if "corolet" not in env:
@@ -586,16 +580,12 @@ def parent(args: argparse.Namespace) -> int:
         return 2
     pythons = {"corolet": python, "greenlet": greenlet_py}
     names = args.workload or [w.name for w in WORKLOADS]
-    results: dict = {name: {impl: [] for impl in IMPLS} for name in names}
-    for rnd in range(settings.rounds):
-        common.log(f"round {rnd + 1}/{settings.rounds}")
-        order = IMPLS if rnd % 2 == 0 else IMPLS[::-1]
-        for name in names:
-            for impl in order:
-                res = run_worker(pythons[impl], impl, name, settings, cpu)
-                results[name][impl].append(res)
-                if "error" in res:
-                    common.log(f"  {name} on {impl} FAILED: {res['error']}")
+    results = common.alternate_rounds(
+        names,
+        IMPLS,
+        settings.rounds,
+        lambda impl, name: run_worker(pythons[impl], impl, name, settings, cpu),
+    )
     rows = [summarise(name, results[name]) for name in names]
     mach = common.machine()
     header = (

@@ -345,7 +345,7 @@ def parent(args: argparse.Namespace) -> int:
     for key in vars(settings):
         if getattr(args, key, None) is not None:
             setattr(settings, key, getattr(args, key))
-    cpu = args.cpu if args.cpu is not None else default_cpu()
+    cpu = args.cpu if args.cpu is not None else common.default_cpu()
     python = args.python or sys.executable
     try:
         env = versions(python)
@@ -398,12 +398,6 @@ def parent(args: argparse.Namespace) -> int:
         common.log(f"FAILED: {', '.join(failed)}")
         return 1
     return 0
-
-
-def default_cpu() -> int | None:
-    if not hasattr(os, "sched_getaffinity"):
-        return None
-    return max(os.sched_getaffinity(0))
 
 
 # --------------------------------------------------------------------------- main
