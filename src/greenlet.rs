@@ -22,6 +22,7 @@ use crate::fiber::Fiber;
 use crate::messages as msg;
 use crate::pyerr::{guard, new_ref_or_none, none, set_error, set_error_str, NULL};
 use crate::pystate::{self, PyState};
+use crate::readahead;
 use crate::switch::{self, Payload};
 use crate::thread::{ThreadShared, ThreadState, MAIN_GREENLETS};
 
@@ -77,6 +78,9 @@ pub struct Green {
     /// Test hooks of `UnswitchableGreenlet`.
     pub force_switch_error: Cell<bool>,
     pub force_slp_switch_error: Cell<bool>,
+    /// The data stack of a greenlet started after this one, for the collector to fetch
+    /// ahead (see `readahead`); never dereferenced.
+    pub readahead: Cell<*const u8>,
 }
 
 impl Green {
@@ -99,6 +103,7 @@ impl Green {
             saved_sp: Cell::new(0),
             force_switch_error: Cell::new(false),
             force_slp_switch_error: Cell::new(false),
+            readahead: Cell::new(ptr::null()),
         }
     }
 
@@ -225,6 +230,7 @@ unsafe fn alloc_green(green: Green) -> *mut Green {
 unsafe fn free_green(p: *mut Green) {
     // SAFETY: per contract; a panic in a drop must not unwind into CPython.
     unsafe {
+        readahead::forget(p);
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ptr::drop_in_place(p)));
         ffi::PyObject_Free(p as *mut c_void);
     }
@@ -592,6 +598,7 @@ unsafe extern "C" fn tp_traverse(
             return 0;
         }
         let g = &*pimpl;
+        readahead::fetch(g.readahead.get());
         visit!(g.parent.get());
         visit!(g.run.get());
         visit!(g.starting_run.get());

@@ -13,6 +13,7 @@
 //! - [`messages`]: every error text, greenlet's word for word.
 //! - [`thread`]: per-thread state: main greenlet, current greenlet, trace function.
 //! - [`greenlet`]: the `greenlet.greenlet` type with greenlet 3.x's object layout.
+//! - [`readahead`]: the collector fetches suspended greenlets' frames ahead of its walk.
 //! - [`switch`]: `switch()`, `throw()`, starting, finishing and killing greenlets.
 //! - [`capi`]: greenlet's C API, as the `_C_API` capsule.
 //! - [`module`]: the `corolet._corolet` Python module.
@@ -29,5 +30,6 @@ pub mod capi;
 pub mod greenlet;
 pub mod messages;
 pub mod module;
+pub mod readahead;
 pub mod switch;
 pub mod thread;

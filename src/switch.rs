@@ -402,6 +402,9 @@ fn fiber_main(g: *mut ffi::PyObject, first: Payload) -> Hop<Payload> {
     // its state blob is only touched by this thread.
     unsafe {
         let gr = green(g);
+        // 3.10 keeps frames on the heap, not in the data stack.
+        #[cfg(Py_3_11)]
+        crate::readahead::started(gr, gr.fiber.data_stack().0);
         pystate::corolet_pystate_run_fresh(
             trampoline,
             &mut start as *mut Start as *mut c_void,

@@ -127,3 +127,53 @@ def test_a_cyclic_greenlet_of_another_thread_is_killed_in_that_thread():
     collected.set()
     t.join(10)
     assert log == [(True, "owner")]
+
+
+def test_collections_stay_right_while_greenlets_start_and_go_in_any_order():
+    # The collector fetches ahead along the order greenlets started in (src/readahead.rs),
+    # which keeps pointers to the last few started: greenlets that finish, are dropped or
+    # are collected out of that order, from this thread and another, must leave it coherent.
+    import random
+
+    main = getcurrent()
+    rng = random.Random(1234)
+    kills = []
+    finished = []
+
+    def body(i):
+        try:
+            main.switch(i)
+        except GreenletExit:
+            kills.append(i)
+            raise
+        finished.append(i)
+
+    live = {}
+    for i in range(1500):
+        g = greenlet(body)
+        assert g.switch(i) == i
+        live[i] = g
+        action = rng.randrange(6)
+        if action == 0 and live:
+            live.pop(rng.choice(list(live))).switch()  # finishes
+        elif action == 1 and live:
+            del live[rng.choice(list(live))]  # killed on last reference
+        elif action == 2:
+            victim = live.pop(rng.choice(list(live)))
+            victim.cycle = victim  # only a cycle keeps it: the collector's to find
+            del victim
+        elif action == 3:
+            gc.collect()
+        elif action == 4 and live:
+            dropped = live.pop(rng.choice(list(live)))
+            t = threading.Thread(target=lambda g=dropped: g)  # the last reference goes there
+            del dropped
+            t.start()
+            t.join()
+    gc.collect()
+    for g in live.values():
+        assert g.switch() is None and g.dead
+    live.clear()
+    gc.collect()
+    greenlet(lambda: None).switch()  # deferred kills run when this thread next runs greenlets
+    assert sorted(kills + finished) == list(range(1500))
