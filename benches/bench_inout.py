@@ -19,8 +19,8 @@ Each implementation runs in worker subprocesses of its own (this script with
 ``os.sched_setaffinity(0, {cpu})`` (``--cpu``, by default the last CPU this process may use),
 with the garbage collector off during timed runs. Times are the thread's CPU time
 (``time.thread_time_ns()``, page faults' kernel time included): the time another process
-holds the CPU does not count, so a busy machine blurs the figures less. A worker calibrates the iteration count for
-main and for inside separately (runs of about ``--target-ms``; the growing runs double as
+holds the CPU does not count, so a busy machine blurs the figures less. A worker calibrates
+the iteration count for main and for inside separately (runs of about ``--target-ms``; the growing runs double as
 warm-up), then times ``--repeats`` runs of each, alternating main and inside, and keeps the
 fastest of each. It also counts minor page faults (``getrusage(RUSAGE_THREAD).ru_minflt``)
 over each timed run and reports them per iteration: steady-state code should cause none, and a

@@ -598,7 +598,6 @@ unsafe extern "C" fn tp_traverse(
             return 0;
         }
         let g = &*pimpl;
-        readahead::fetch(g.readahead.get());
         visit!(g.parent.get());
         visit!(g.run.get());
         visit!(g.starting_run.get());
@@ -607,7 +606,12 @@ unsafe extern "C" fn tp_traverse(
         if r != 0 || !g.suspended_in_live_thread() {
             return r;
         }
-        pystate::corolet_pystate_traverse_frames(g.state.as_ptr(), visit, arg)
+        pystate::corolet_pystate_traverse_frames(
+            g.state.as_ptr(),
+            visit,
+            arg,
+            g.readahead.get() as *const c_void,
+        )
     }
 }
 

@@ -6,9 +6,10 @@
 //! page-table entry and for the frames, one greenlet after the other. The collector walks its
 //! lists in the order objects were allocated, which for a crowd is the order greenlets were
 //! started in. So each greenlet keeps the address of the data stack of the greenlet started
-//! [`DISTANCE`] starts after it on any thread (its `readahead` field), and visiting it first
-//! asks the processor to fetch that address: by the time the collector reaches the later
-//! greenlet, its frames are on their way.
+//! [`DISTANCE`] starts after it on any thread (its `readahead` field), and visiting it
+//! (`corolet_pystate_traverse_frames`) asks the processor to fetch as many bytes there as its
+//! own frames take: by the time the collector reaches the later greenlet, its page-table entry
+//! and its frames are on their way.
 //!
 //! Invariants:
 //! - The address is only ever prefetched, never read or written through: a prefetch cannot
@@ -27,9 +28,6 @@ use crate::greenlet::Green;
 /// How many starts ahead a greenlet's read-ahead address points: enough to cover the miss
 /// latency with the work the collector does per greenlet (its objects, its frames' objects).
 pub const DISTANCE: usize = 8;
-
-/// Bytes fetched from a data stack's start: a few small frames (a 64-byte line each).
-const LINES: usize = 8;
 
 struct Ring {
     slots: [*const Green; DISTANCE],
@@ -77,20 +75,5 @@ pub unsafe fn forget(g: *const Green) {
                 *slot = ptr::null();
             }
         }
-    }
-}
-
-/// Asks for the lines at `data` (a read-ahead address, possibly stale; null: nothing).
-pub fn fetch(data: *const u8) {
-    if data.is_null() {
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    for i in 0..LINES {
-        // A prefetch never faults, whatever the address (see the invariants); `wrapping_add`
-        // computes the address without claiming it points into an allocation.
-        let line = data.wrapping_add(i * 64) as *const i8;
-        // SAFETY: `_mm_prefetch` only hints the cache; SSE is baseline on x86_64.
-        unsafe { std::arch::x86_64::_mm_prefetch(line, std::arch::x86_64::_MM_HINT_T0) };
     }
 }
