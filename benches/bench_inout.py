@@ -14,21 +14,21 @@ times ordinary pure-Python workloads both ways, on corolet and on greenlet 3.5.6
   ``greenlet(run_loop).switch()``, a fresh greenlet for every timed run. Only the loop is timed
   (inside the greenlet), not the greenlet's creation or its switches.
 
-Each implementation runs in worker subprocesses of its own (this script with
-``--worker corolet|greenlet --workload NAME``), pinned to one CPU with
-``os.sched_setaffinity(0, {cpu})`` (``--cpu``, by default the last CPU this process may use),
-with the garbage collector off during timed runs. Times are the thread's CPU time
-(``time.thread_time_ns()``, page faults' kernel time included): the time another process
-holds the CPU does not count, so a busy machine blurs the figures less. A worker calibrates
-the iteration count for main and for inside separately (runs of about ``--target-ms``; the growing runs double as
-warm-up), then times ``--repeats`` runs of each, alternating main and inside, and keeps the
-fastest of each. It also counts minor page faults (``getrusage(RUSAGE_THREAD).ru_minflt``)
-over each timed run and reports them per iteration: steady-state code should cause none, and a
-data-stack chunk mapped and unmapped per crossing shows up here as well as in the time.
-corolet is imported from the interpreter running this script (``--python``); greenlet 3.5.6
-from ``<repo>/.venv-bench-greenlet-<major.minor>``, made by ``bench_greenlet.py``'s helper on
-the same interpreter. The parent runs ``--rounds`` rounds, alternating which implementation
-goes first, and keeps the best figure of each over the rounds.
+Each implementation runs in worker subprocesses of its own (this script with ``--worker
+corolet|greenlet --workload NAME``), pinned to one CPU with ``os.sched_setaffinity(0, {cpu})``
+(``--cpu``, by default the last CPU this process may use), with the garbage collector off
+during timed runs. Times are the thread's CPU time (``time.thread_time_ns()``, page faults'
+kernel time included): the time another process holds the CPU does not count, so a busy machine
+blurs the figures less. A worker calibrates the iteration count for main and for inside
+separately (runs of about ``--target-ms``; the growing runs double as warm-up), then times
+``--repeats`` runs of each, alternating main and inside, and keeps the fastest of each. It also
+counts minor page faults (``getrusage(RUSAGE_THREAD).ru_minflt``) over each timed run and
+reports them per iteration: steady-state code should cause none, and a data-stack chunk mapped
+and unmapped per crossing shows up here as well as in the time. corolet is imported from the
+interpreter running this script (``--python``); greenlet 3.5.6 from
+``<repo>/.venv-bench-greenlet-<major.minor>``, made by ``bench_greenlet.py``'s helper on the
+same interpreter. The parent runs ``--rounds`` rounds, alternating which implementation goes
+first, and keeps the best figure of each over the rounds.
 
 Every workload returns a value; the worker checks that main and inside give the same one, and
 the parent that corolet and greenlet do, so a workload that went wrong fails the run rather
