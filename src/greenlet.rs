@@ -78,9 +78,9 @@ pub struct Green {
     /// Test hooks of `UnswitchableGreenlet`.
     pub force_switch_error: Cell<bool>,
     pub force_slp_switch_error: Cell<bool>,
-    /// The data stack of a greenlet started after this one, for the collector to fetch
-    /// ahead (see `readahead`); never dereferenced.
-    pub readahead: Cell<*const u8>,
+    /// The data stacks of greenlets started after and before this one, for the collector
+    /// to fetch ahead (see `readahead`); never dereferenced.
+    pub readahead: [Cell<*const u8>; 2],
 }
 
 impl Green {
@@ -103,7 +103,7 @@ impl Green {
             saved_sp: Cell::new(0),
             force_switch_error: Cell::new(false),
             force_slp_switch_error: Cell::new(false),
-            readahead: Cell::new(ptr::null()),
+            readahead: [Cell::new(ptr::null()), Cell::new(ptr::null())],
         }
     }
 
@@ -610,7 +610,8 @@ unsafe extern "C" fn tp_traverse(
             g.state.as_ptr(),
             visit,
             arg,
-            g.readahead.get() as *const c_void,
+            g.readahead[0].get() as *const c_void,
+            g.readahead[1].get() as *const c_void,
         )
     }
 }

@@ -555,22 +555,25 @@ int corolet_pystate_traverse(corolet_pystate *s, visitproc visit, void *arg)
 #endif
 
 int corolet_pystate_traverse_frames(const corolet_pystate *s, visitproc visit, void *arg,
-                                    const void *ahead)
+                                    const void *ahead, const void *behind)
 {
 #if PY311
     struct _PyInterpreterFrame *f = suspended_top(s);
     /* The frames sit together at the bottom of the greenlet's data stack, cold in the cache
-     * on a full collection. `ahead` is the data stack of a greenlet the collector will visit
-     * soon (src/readahead.rs; only ever prefetched, so a stale address is harmless): ask for
-     * as many of its lines as these frames take, guessing that its frames are as deep, then
-     * for all of these frames' lines at once rather than one miss after the other down the
-     * chain. */
+     * on a full collection. `ahead` and `behind` are the data stacks of greenlets the
+     * collector may visit soon, whichever way its list runs (src/readahead.rs; only ever
+     * prefetched, so stale addresses are harmless): ask for as many of their lines as these
+     * frames take, guessing that their frames are as deep, then for all of these frames'
+     * lines at once rather than one miss after the other down the chain. */
     const char *chunk = (const char *)s->datastack_chunk;
     const char *top = (const char *)s->datastack_top;
     if (f != NULL && chunk != NULL && top > chunk && top - chunk <= 4096) {
-        if (ahead != NULL) {
-            for (ptrdiff_t at = 0; at < top - chunk; at += 64) {
+        for (ptrdiff_t at = 0; at < top - chunk; at += 64) {
+            if (ahead != NULL) {
                 __builtin_prefetch((const char *)ahead + at);
+            }
+            if (behind != NULL) {
+                __builtin_prefetch((const char *)behind + at);
             }
         }
         for (const char *line = chunk; line < top; line += 64) {
@@ -609,6 +612,7 @@ int corolet_pystate_traverse_frames(const corolet_pystate *s, visitproc visit, v
     }
 #else
     (void)ahead;
+    (void)behind;
     /* 3.10: each frame is an object owned by the evaluation call running it (on the
      * greenlet's stack). A frame that has escaped is tracked by the collector, which then
      * sees what it holds: report the call's reference to it. A running frame is not

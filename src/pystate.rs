@@ -64,6 +64,7 @@ extern "C" {
         visit: Visit,
         arg: *mut c_void,
         ahead: *const c_void,
+        behind: *const c_void,
     ) -> i32;
     /// Whether the garbage collector is collecting right now (`gcstate.c`).
     pub fn corolet_gc_collecting() -> i32;
