@@ -727,7 +727,15 @@ pub unsafe fn set_parent(obj: *mut ffi::PyObject, parent: *mut ffi::PyObject) ->
             set_error(ffi::PyExc_ValueError, msg::PARENT_COLLECTED);
             return -1;
         }
-        if g.life.get() != Life::Unstarted && g.main.get() != new_main {
+        // A greenlet that was suspended when its thread exited belongs to no thread any more:
+        // greenlet, once it has cleaned up after that thread, lets it take any parent (it can
+        // still never be switched to).
+        let bound = match g.life.get() {
+            Life::Unstarted => false,
+            Life::Active => !g.thread_exited(),
+            Life::Dead => true,
+        };
+        if bound && g.main.get() != new_main {
             set_error(ffi::PyExc_ValueError, msg::PARENT_OTHER_THREAD);
             return -1;
         }

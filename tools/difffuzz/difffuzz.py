@@ -1,0 +1,265 @@
+"""Differential fuzzer: the same random greenlet programs on corolet and on greenlet, compared.
+
+    python tools/difffuzz/difffuzz.py --corolet-python .venv-3.11/bin/python \\
+        --greenlet-python .venv-bench-greenlet-3.11/bin/python --count 1000
+
+Two children on the same interpreter (``run.py corolet`` and ``run.py greenlet``, each in a
+virtualenv that has only its own library) run the programs ``gen.py`` makes from seeds
+``--start`` .. ``--start + --count - 1``, many programs per child, in step. Their traces must be
+equal. A child that dies (a signal, an abort) or stops answering is reported with the seed it
+was running, and a new child takes over from the next seed.
+
+Differences that are corolet's by design are classed, counted and shown apart, never counted
+as failures:
+- ``cycle``: greenlet leaves suspended greenlets alive after the final collection (they are
+  kept only by a reference cycle, which greenlet cannot collect) and the traces first differ
+  inside a collection on corolet (corolet kills such greenlets when it collects them);
+- ``greenlet-crash``: greenlet's child crashed and corolet's did not (corolet does not
+  reproduce greenlet's crashes);
+- ``greenlet-exit-args``: a greenlet that ends with ``GreenletExit`` starts its unstarted
+  parent; greenlet 3.5.6 passes the exception object itself as ``run``'s argument tuple
+  (undefined behaviour: no arguments when the exception has no ``__dict__``, a segfault when
+  it has one, see tests/test_switching.py), corolet passes the exception as one argument.
+Everything else is a failure: a difference (the seed, the program and the first differing
+events are printed; ``--show SEED`` prints one program's traces side by side), a corolet crash
+or a hang. Exit status 1 on any failure. "Programs without cycles" are those where greenlet
+left nothing alive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pprint
+import selectors
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from gen import generate  # noqa: E402
+
+TIMEOUT = 30.0
+CLASSES = (
+    "same",
+    "cycle",
+    "greenlet-crash",
+    "greenlet-exit-args",
+    "difference",
+    "corolet-crash",
+    "hang",
+)
+
+
+class Child:
+    """One ``run.py`` process, asked one seed at a time."""
+
+    def __init__(self, python: str, lib: str) -> None:
+        self.python, self.lib = python, lib
+        self.proc: subprocess.Popen | None = None
+        self.buf = b""
+
+    def start(self) -> None:
+        self.stderr = tempfile.TemporaryFile()
+        env = dict(os.environ, PYTHONFAULTHANDLER="1")
+        self.proc = subprocess.Popen(
+            [self.python, str(HERE / "run.py"), self.lib],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            env=env,
+        )
+        self.buf = b""
+
+    def send(self, seed: int) -> None:
+        if self.proc is None:
+            self.start()
+        assert self.proc is not None and self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(b"%d\n" % seed)
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+
+    def receive(self) -> tuple[str, object]:
+        """("ok", trace) | ("crash", description) | ("hang", description)."""
+        assert self.proc is not None and self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        sel = selectors.DefaultSelector()
+        sel.register(fd, selectors.EVENT_READ)
+        try:
+            while b"\n" not in self.buf:
+                if not sel.select(TIMEOUT):
+                    self.proc.kill()
+                    self.proc.wait()
+                    return "hang", f"no answer in {TIMEOUT:.0f} s" + self.stop()
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    code = self.proc.wait()
+                    return "crash", f"exit status {code}" + self.stop()
+                self.buf += chunk
+        finally:
+            sel.close()
+        line, self.buf = self.buf.split(b"\n", 1)
+        return "ok", json.loads(line)[1]
+
+    def stop(self) -> str:
+        self.stderr.seek(0)
+        tail = self.stderr.read().decode(errors="replace")[-1500:]
+        self.stderr.close()
+        self.proc = None
+        return "; stderr tail:\n" + tail
+
+    def close(self) -> None:
+        if self.proc is not None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            self.proc.wait()
+            self.stop()
+
+
+def first_difference(a: list, b: list) -> int:
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return min(len(a), len(b))
+
+
+def in_collection(trace: list, index: int) -> bool:
+    """Whether event ``index`` of ``trace`` happens during a gc.collect() of the program."""
+    inside = False
+    for event in trace[:index]:
+        if event[0] in ("gc_start", "final_gc"):
+            inside = True
+        elif event[0] == "gc_end":
+            inside = False
+    return inside
+
+
+def leaked(trace: list) -> list:
+    for event in reversed(trace):
+        if event[0] == "alive":
+            return event[1]
+    return []
+
+
+def classify(co: list, gr: list) -> str | None:
+    """None when equal, else the by-design class or "difference"."""
+    if co == gr:
+        return None
+    i = first_difference(co, gr)
+    if leaked(gr) and in_collection(co, i):
+        return "cycle"
+    if i < len(co) and i < len(gr) and exit_to_unstarted(co[i], gr[i]):
+        return "greenlet-exit-args"
+    return "difference"
+
+
+def exit_to_unstarted(co: list, gr: list) -> bool:
+    """A greenlet ended by GreenletExit starts its unstarted parent: corolet passes the
+    exception as the one argument; greenlet passes the exception object where the argument
+    tuple belongs, so run() gets as many arguments as the exception's __dict__ pointer reads
+    as a tuple size (none without a __dict__, a segfault with one)."""
+    return (
+        co[0] == gr[0] == "start"
+        and co[1] == gr[1]
+        and gr[2:] == [["tuple", []], ["dict", []]]
+        and len(co[2][1]) == 1
+        and co[2][1][0][0] == "exc"
+        and co[2][1][0][1][0] == "GreenletExit"
+    )
+
+
+def show(seed: int, co: list, gr: list, width: int = 6) -> str:
+    i = first_difference(co, gr)
+    lines = [f"seed {seed}: traces differ at event {i}"]
+    for name, trace in (("corolet", co), ("greenlet", gr)):
+        lines.append(f"  {name}:")
+        for j in range(max(0, i - width), min(len(trace), i + width)):
+            mark = ">>" if j == i else "  "
+            lines.append(f"   {mark} {j}: {json.dumps(trace[j])[:300]}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--corolet-python", required=True)
+    ap.add_argument("--greenlet-python", required=True)
+    ap.add_argument("--start", type=int, default=0)
+    ap.add_argument("--count", type=int, default=300)
+    ap.add_argument("--show", type=int, help="print one seed's program and both traces")
+    ap.add_argument("--max-reports", type=int, default=5)
+    opts = ap.parse_args()
+
+    co, gr = Child(opts.corolet_python, "corolet"), Child(opts.greenlet_python, "greenlet")
+    if opts.show is not None:
+        pprint.pprint(generate(opts.show), width=100)
+        for child in (co, gr):
+            child.send(opts.show)
+            print(f"--- {child.lib}")
+            status, trace = child.receive()
+            for j, event in enumerate(trace if status == "ok" else [trace]):
+                print(f"{j:4}: {json.dumps(event)}")
+            child.close()
+        return 0
+
+    counts = dict.fromkeys(CLASSES, 0)
+    acyclic = 0
+    acyclic_counts = dict.fromkeys(CLASSES, 0)
+    failures: list[str] = []
+    by_design: list[str] = []
+    for seed in range(opts.start, opts.start + opts.count):
+        co.send(seed)
+        gr.send(seed)
+        (cs, ct), (gs, gt) = co.receive(), gr.receive()
+        if cs != "ok":
+            counts["corolet-crash" if cs == "crash" else "hang"] += 1
+            failures.append(f"seed {seed}: corolet {cs}: {ct}")
+            continue
+        if gs != "ok":
+            if gs == "crash":
+                counts["greenlet-crash"] += 1
+                by_design.append(f"seed {seed}: greenlet crashed ({str(gt).splitlines()[0]})")
+            else:
+                counts["hang"] += 1
+                failures.append(f"seed {seed}: greenlet {gs}: {gt}")
+            continue
+        verdict = classify(ct, gt)
+        if not leaked(gt):
+            acyclic += 1
+            acyclic_counts[verdict or "same"] += 1
+        if verdict is None:
+            counts["same"] += 1
+        else:
+            counts[verdict] += 1
+            if verdict == "difference":
+                failures.append(show(seed, ct, gt))
+            else:
+                by_design.append(f"seed {seed}: {verdict}")
+    co.close()
+    gr.close()
+
+    total = opts.count
+    print(
+        f"difffuzz: {total} programs (seeds {opts.start}..{opts.start + total - 1}), "
+        f"{acyclic} without cycles (greenlet left nothing alive)"
+    )
+    print("  all: " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+    print("  without cycles: " + ", ".join(f"{k}: {v}" for k, v in acyclic_counts.items() if v))
+    for line in by_design[:10]:
+        print("  by design: " + line)
+    if len(by_design) > 10:
+        print(f"  ... and {len(by_design) - 10} more by design")
+    for report in failures[: opts.max_reports]:
+        print("FAILURE " + report)
+    if len(failures) > opts.max_reports:
+        print(f"... and {len(failures) - opts.max_reports} more failures")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
