@@ -11,9 +11,11 @@ was running, and a new child takes over from the next seed.
 
 Differences that are corolet's by design are classed, counted and shown apart, never counted
 as failures:
-- ``cycle``: greenlet leaves suspended greenlets alive after the final collection (they are
-  kept only by a reference cycle, which greenlet cannot collect) and the traces first differ
-  inside a collection on corolet (corolet kills such greenlets when it collects them);
+- ``cycle``: greenlet leaves suspended greenlets alive after the final collection that
+  corolet does not (they are kept only by a reference cycle, which greenlet cannot collect),
+  and the traces first differ, after a collection started, at an event of corolet's about one
+  of those greenlets (corolet kills them when it collects them: the GreenletExit, its trace
+  event);
 - ``greenlet-crash``: greenlet's child crashed and corolet's did not (corolet does not
   reproduce greenlet's crashes);
 - ``greenlet-exit-args``: a greenlet that ends with ``GreenletExit`` starts its unstarted
@@ -129,15 +131,14 @@ def first_difference(a: list, b: list) -> int:
     return min(len(a), len(b))
 
 
-def in_collection(trace: list, index: int) -> bool:
-    """Whether event ``index`` of ``trace`` happens during a gc.collect() of the program."""
-    inside = False
-    for event in trace[:index]:
-        if event[0] in ("gc_start", "final_gc"):
-            inside = True
-        elif event[0] == "gc_end":
-            inside = False
-    return inside
+def after_collection(trace: list, index: int) -> bool:
+    """Whether event ``index`` of ``trace`` comes after the start of some gc.collect()."""
+    return any(event[0] in ("gc_start", "final_gc") for event in trace[:index])
+
+
+def mentions(event: list, labels: set) -> bool:
+    text = json.dumps(event)
+    return any(json.dumps(label) in text for label in labels)
 
 
 def leaked(trace: list) -> list:
@@ -152,8 +153,15 @@ def classify(co: list, gr: list) -> str | None:
     if co == gr:
         return None
     i = first_difference(co, gr)
-    if leaked(gr) and in_collection(co, i):
-        return "cycle"
+    only_greenlet = {e[0] for e in leaked(gr)} - {e[0] for e in leaked(co)}
+    if only_greenlet and i < len(co) and i < len(gr) and after_collection(co, i):
+        if mentions(co[i], only_greenlet):
+            return "cycle"
+        # Collected without running any code of theirs: only the final list tells.
+        if co[i][0] == gr[i][0] == "alive" and set(map(tuple, co[i][1])) < set(
+            map(tuple, gr[i][1])
+        ):
+            return "cycle"
     if i < len(co) and i < len(gr) and exit_to_unstarted(co[i], gr[i]):
         return "greenlet-exit-args"
     return "difference"
@@ -191,6 +199,12 @@ def main() -> int:
     ap.add_argument("--greenlet-python", required=True)
     ap.add_argument("--start", type=int, default=0)
     ap.add_argument("--count", type=int, default=300)
+    ap.add_argument(
+        "--acyclic",
+        type=int,
+        default=0,
+        help="go on past --count until this many programs without cycles have run",
+    )
     ap.add_argument("--show", type=int, help="print one seed's program and both traces")
     ap.add_argument("--max-reports", type=int, default=5)
     opts = ap.parse_args()
@@ -212,7 +226,12 @@ def main() -> int:
     acyclic_counts = dict.fromkeys(CLASSES, 0)
     failures: list[str] = []
     by_design: list[str] = []
-    for seed in range(opts.start, opts.start + opts.count):
+    seed = opts.start - 1
+    while True:
+        seed += 1
+        done = seed - opts.start
+        if done >= opts.count and (acyclic >= opts.acyclic or done >= 10 * opts.count):
+            break
         co.send(seed)
         gr.send(seed)
         (cs, ct), (gs, gt) = co.receive(), gr.receive()
@@ -243,9 +262,9 @@ def main() -> int:
     co.close()
     gr.close()
 
-    total = opts.count
+    total = seed - opts.start
     print(
-        f"difffuzz: {total} programs (seeds {opts.start}..{opts.start + total - 1}), "
+        f"difffuzz: {total} programs (seeds {opts.start}..{seed - 1}), "
         f"{acyclic} without cycles (greenlet left nothing alive)"
     )
     print("  all: " + ", ".join(f"{k}: {v}" for k, v in counts.items()))

@@ -11,10 +11,11 @@ already dropped) records that it was skipped, so a program never depends on addr
 a greenlet that a worker thread creates (``("wcreate",)``) when the program has a worker.
 Each op runs at most once (a body runs once; main's list runs once), so a program always ends.
 
-Whether a program made a reference cycle of suspended greenlets (greenlets suspended in each
-other's ``switch`` and then dropped: greenlet leaks them, corolet collects them) is not decided
-here but observed: ``run.py`` reports which greenlets are still alive after the final
-collection.
+Whether a program made a reference cycle of suspended greenlets (greenlets whose suspended
+frames reference each other, then dropped: greenlet leaks them, corolet collects them) is not
+decided here but observed: ``run.py`` reports which greenlets are still alive after the final
+collection. ``("cycle_pair", n)`` makes such a pair on purpose; other ops can make one too
+(a greenlet suspended in ``other.switch()`` holds ``other``).
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class Gen:
             ("gen_make", 1),
             ("gen_next", 2),
             ("thread_op", 1),
+            ("cycle_pair", 0.2),
         ]
         if depth < 2:
             kinds += [("except", 3), ("gen", 1), ("ctx_run", 1)]
@@ -135,6 +137,9 @@ class Gen:
             return ("gen", self.ops(depth + 1, 1, 3))
         if kind == "ctx_run":
             return ("ctx_run", self.ops(depth + 1, 1, 3))
+        if kind == "cycle_pair":
+            self.counter += 1
+            return ("cycle_pair", self.counter)
         return (kind,)
 
     def ops(self, depth: int, lo: int, hi: int) -> list:

@@ -358,6 +358,8 @@ class Program:
                 self.ops(op[2], catch_exit)
         elif kind == "ctx_run":
             contextvars.copy_context().run(self.ops, op[1], catch_exit)
+        elif kind == "cycle_pair":
+            self.cycle_pair(op[1])
         elif kind == "thread_op":
             if self.get(op[1]) is not None:
                 self.thread_op(op[1], op[2])
@@ -373,6 +375,30 @@ class Program:
         for op in ops:
             self.one(op, False)
             yield op[0]
+
+    def cycle_pair(self, n: int) -> None:
+        """Two greenlets suspended with a reference to each other in their frames, dropped:
+        only the cycle keeps them (greenlet leaks them; corolet kills them when collected)."""
+        box: list = []
+        lib = self.lib
+
+        def holder(i: int):
+            other = box[1 - i]
+            try:
+                lib.getcurrent().parent.switch()
+            except BaseException as e:
+                self.emit("cycle_killed", f"c{n}.{i}", desc(e), other.dead)
+                raise
+
+        for i in range(2):
+            g = lib.greenlet(lambda i=i: holder(i))
+            g._fz = f"c{n}.{i}"
+            self.weak.append((g._fz, weakref.ref(g)))
+            box.append(g)
+        for g in list(box):
+            g.switch()
+        del g
+        box.clear()
 
     def thread_op(self, name: str, kind: str) -> None:
         """Touch greenlet ``name`` from a new thread (every such touch is an error but one)."""
