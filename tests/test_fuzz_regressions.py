@@ -96,13 +96,15 @@ def test_greenlet_left_suspended_by_an_exited_thread_accepts_a_parent_of_this_th
 
 
 @pytest.mark.corolet_only(
-    reason="greenlet 3.5.6 switches into the abandoned stack and crashes (segfault)"
+    reason="greenlet 3.5.6 calls the greenlet's run() again from the start on 3.10 and "
+    "switches into the abandoned stack and crashes (segfault) on 3.11+"
 )
 @pytest.mark.leaks_greenlets(reason="as above: the exited thread's main greenlet stays")
 def test_greenlet_of_an_exited_thread_cannot_be_switched_to_after_being_reparented():
     """Seed 283: after the re-parenting above, the greenlet's lineage leads to this thread,
     but its stack is abandoned. Switching to it, throwing into it, or reaching it as the
-    parent of a dead greenlet raises; corolet resumed the stack and crashed."""
+    parent of a dead greenlet raises (the fuzzer's orphan-reparented class); corolet resumed
+    the stack and crashed."""
     g = _greenlet_left_suspended_by_an_exited_thread()
     g.parent = getcurrent()
     with pytest.raises(corolet.error, match=EXITED):

@@ -21,7 +21,12 @@ as failures:
 - ``greenlet-exit-args``: a greenlet that ends with ``GreenletExit`` starts its unstarted
   parent; greenlet 3.5.6 passes the exception object itself as ``run``'s argument tuple
   (undefined behaviour: no arguments when the exception has no ``__dict__``, a segfault when
-  it has one, see tests/test_switching.py), corolet passes the exception as one argument.
+  it has one), corolet passes the exception as one argument;
+- ``orphan-reparented``: a greenlet left suspended by a thread that exited is dead and may be
+  given a parent of a live thread (as greenlet allows); switching or throwing into it then
+  raises "cannot switch to a different thread (which happens to have exited)" on corolet,
+  where greenlet 3.5.6 calls its ``run`` again from the start (3.10) or crashes (3.11+).
+Each class has a test in tests/test_fuzz_regressions.py.
 Everything else is a failure: a difference (the seed, the program and the first differing
 events are printed; ``--show SEED`` prints one program's traces side by side), a corolet crash
 or a hang. Exit status 1 on any failure. "Programs without cycles" are those where greenlet
@@ -51,6 +56,7 @@ CLASSES = (
     "cycle",
     "greenlet-crash",
     "greenlet-exit-args",
+    "orphan-reparented",
     "difference",
     "corolet-crash",
     "hang",
@@ -164,7 +170,25 @@ def classify(co: list, gr: list) -> str | None:
             return "cycle"
     if i < len(co) and i < len(gr) and exit_to_unstarted(co[i], gr[i]):
         return "greenlet-exit-args"
+    if i < len(co) and orphan_refused(co, i):
+        return "orphan-reparented"
     return "difference"
+
+
+EXITED = "'cannot switch to a different thread (which happens to have exited)'"
+
+
+def orphan_refused(co: list, i: int) -> bool:
+    """corolet refuses to switch into the worker's greenlet t1 after its thread exited and it
+    was given a parent here (it is dead; its stack is abandoned). greenlet 3.5.6 runs its
+    ``run`` again from the start on 3.10 and crashes on 3.11+."""
+    event = co[i]
+    if event[0] != "caught" or event[2][0] != "error" or event[2][1] != [EXITED]:
+        return False
+    for before in reversed(co[:i]):
+        if before[0] == "state":
+            return any(e[0] == "t1" and e[1] and e[3] != "tmain" for e in before[2])
+    return False
 
 
 def exit_to_unstarted(co: list, gr: list) -> bool:
