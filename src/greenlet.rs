@@ -806,7 +806,9 @@ unsafe extern "C" fn get_frame(obj: *mut ffi::PyObject, _: *mut c_void) -> *mut 
     // SAFETY: getter called with the GIL on a greenlet.
     unsafe {
         let g = green(obj);
-        if g.running.get() || g.life.get() != Life::Active {
+        // A greenlet left suspended by a thread that exited is dead: no frame, as greenlet
+        // (frame objects taken before stay valid; see `Green::abandon`).
+        if g.running.get() || g.life.get() != Life::Active || g.thread_exited() {
             return none();
         }
         let frame = pystate::corolet_pystate_frame(g.state.as_ptr());

@@ -61,13 +61,18 @@ def test_greenlet_exit_caught_and_reraised_keeps_the_traceback_of_its_catch():
     assert "catches_and_reraises" in _traceback_functions(result)
 
 
-def _greenlet_left_suspended_by_an_exited_thread():
+def _greenlet_left_suspended_by_an_exited_thread(python_frame=False):
     box = []
 
     def in_thread():
         box.append(getcurrent())
-        g = greenlet(getcurrent().switch)
+
+        def body():
+            getcurrent().parent.switch()
+
+        g = greenlet(body if python_frame else getcurrent().switch)
         g.switch()
+        assert (g.gr_frame is not None) == python_frame
         box.append(g)
 
     thread = threading.Thread(target=in_thread)
@@ -93,6 +98,15 @@ def test_greenlet_left_suspended_by_an_exited_thread_accepts_a_parent_of_this_th
     assert g.dead and not g
     g.parent = getcurrent()
     assert g.parent is getcurrent()
+
+
+@pytest.mark.leaks_greenlets(reason="as above: the exited thread's main greenlet stays")
+def test_greenlet_left_suspended_by_an_exited_thread_has_no_frame():
+    """Seed 2 (with frames in the fuzzer's snapshots): like any dead greenlet, it has no
+    ``gr_frame`` once greenlet has noticed the exit; corolet still gave its top frame."""
+    g = _greenlet_left_suspended_by_an_exited_thread(python_frame=True)
+    assert g.dead
+    assert g.gr_frame is None
 
 
 @pytest.mark.corolet_only(

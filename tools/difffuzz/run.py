@@ -138,7 +138,7 @@ class Program:
         out = []
         for name in sorted(self.refs):
             g = self.refs[name]
-            out.append([name, g.dead, bool(g), self.label(g.parent)])
+            out.append([name, g.dead, bool(g), self.label(g.parent), g.gr_frame is not None])
         return out
 
     def tracer(self, event, args) -> None:
