@@ -806,9 +806,10 @@ unsafe extern "C" fn get_frame(obj: *mut ffi::PyObject, _: *mut c_void) -> *mut 
     // SAFETY: getter called with the GIL on a greenlet.
     unsafe {
         let g = green(obj);
-        // A greenlet left suspended by a thread that exited is dead: no frame, as greenlet
-        // (frame objects taken before stay valid; see `Green::abandon`).
-        if g.running.get() || g.life.get() != Life::Active || g.thread_exited() {
+        // A greenlet left suspended by a thread that exited keeps its frame, as greenlet's
+        // until it has cleaned up after that thread (upstream's
+        // test_throw_to_dead_thread_doesnt_crash reads it); greenlet gives None after.
+        if g.running.get() || g.life.get() != Life::Active {
             return none();
         }
         let frame = pystate::corolet_pystate_frame(g.state.as_ptr());

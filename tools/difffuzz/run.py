@@ -138,7 +138,11 @@ class Program:
         out = []
         for name in sorted(self.refs):
             g = self.refs[name]
-            out.append([name, g.dead, bool(g), self.label(g.parent), g.gr_frame is not None])
+            # gr_frame of a dead greenlet is left out: one left suspended by an exited thread
+            # has its frame on greenlet until greenlet cleans up after the thread, then none;
+            # corolet keeps it (greenlet's own suite reads it).
+            frame = None if g.dead else g.gr_frame is not None
+            out.append([name, g.dead, bool(g), self.label(g.parent), frame])
         return out
 
     def tracer(self, event, args) -> None:
