@@ -2,8 +2,10 @@
 # interpreter (.venv-<major.minor>) and installs what it needs into it from PyPI.
 #
 #   make demo                 build corolet and run `python -m corolet`
-#   make test                 build corolet and run every test (cargo, pytest, upstream greenlet
-#                             suite, gevent's suite)
+#   make test                 build corolet and run every test (cargo, pytest, our suite on the
+#                             real greenlet, differential fuzzing, upstream greenlet suite,
+#                             gevent's suite)
+#   make fuzz                 differential fuzzing against greenlet, thousands of programs
 #   make test-all             `make test` on every supported interpreter: the pyenv ones (PYS),
 #                             then 3.14 and 3.15 in a Debian sid chroot (SID_PYS; empty skips it)
 #   make sid-chroot           set up that chroot (tools/sid-chroot.sh; test-all does it too)
@@ -21,7 +23,7 @@ SID_PYS ?= /usr/bin/python3.14 /usr/bin/python3.15
 export CARGO_TARGET_DIR := $(CARGO_TARGET)
 
 .PHONY: demo test test-all test-pys test-sid-chroot test-sid sid-chroot venv build cargo-test lint pytest upstream gevent \
-        bench-fast bench valgrind clean
+        bench-fast bench valgrind clean pytest-greenlet fuzz fuzz-fast
 
 $(VENV)/.stamp: tests/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +62,36 @@ lint: venv
 pytest: build
 	$(VPY) -m pytest -q tests
 
+# Our suite against the real greenlet 3.5.6, so that every expectation not marked corolet_only
+# is greenlet's: a virtualenv of its own with PyPI greenlet and the test requirements, no
+# corolet; tests/against_greenlet is a `corolet` that re-exports greenlet.
+GREENLET_TEST_VENV := .venv-test-greenlet-$(PYVER)
+$(GREENLET_TEST_VENV)/.stamp: tests/requirements.txt
+	$(PYTHON) -m venv --clear $(GREENLET_TEST_VENV)
+	$(GREENLET_TEST_VENV)/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(GREENLET_TEST_VENV)/bin/python -m pip install -q --disable-pip-version-check \
+	    -r tests/requirements.txt greenlet==3.5.6
+	touch $@
+
+pytest-greenlet: $(GREENLET_TEST_VENV)/.stamp
+	COROLET_TEST_AGAINST_GREENLET=1 PYTHONPATH=$(CURDIR)/tests/against_greenlet \
+	    $(GREENLET_TEST_VENV)/bin/python -m pytest -q -p no:cacheprovider tests
+
+# Differential fuzzing against greenlet 3.5.6 (tools/difffuzz): the same random programs run
+# on corolet and on greenlet (its own virtualenv, same interpreter), their traces compared.
+# `make fuzz` runs FUZZ_COUNT programs from seed FUZZ_START; `fuzz-fast` (in `make test`) the
+# first 300.
+FUZZ_COUNT ?= 5000
+FUZZ_START ?= 0
+FUZZ = $(VPY) tools/difffuzz/difffuzz.py --corolet-python $(VPY) \
+    --greenlet-python $(CURDIR)/$(GREENLET_VENV)/bin/python
+
+fuzz: build $(GREENLET_VENV)/.stamp
+	$(FUZZ) --start $(FUZZ_START) --count $(FUZZ_COUNT)
+
+fuzz-fast: build $(GREENLET_VENV)/.stamp
+	$(FUZZ) --start 0 --count 300
+
 upstream: build
 	$(VPY) tools/upstream.py --python $(VPY)
 
@@ -85,7 +117,7 @@ bench: build
 	$(VPY) benches/bench_orm.py
 	$(VPY) benches/bench_gevent.py
 
-test: build cargo-test lint pytest upstream bench-fast gevent
+test: build cargo-test lint pytest pytest-greenlet fuzz-fast upstream bench-fast gevent
 
 # The pyenv interpreters and the chroot's run side by side (two streams of mostly
 # single-threaded work on CI's two cores), their output interleaved line by line.

@@ -739,7 +739,15 @@ pub unsafe fn set_parent(obj: *mut ffi::PyObject, parent: *mut ffi::PyObject) ->
             set_error(ffi::PyExc_ValueError, msg::PARENT_COLLECTED);
             return -1;
         }
-        if g.life.get() != Life::Unstarted && g.main.get() != new_main {
+        // A greenlet that was suspended when its thread exited belongs to no thread any more:
+        // greenlet, once it has cleaned up after that thread, lets it take any parent (it can
+        // still never be switched to).
+        let bound = match g.life.get() {
+            Life::Unstarted => false,
+            Life::Active => !g.thread_exited(),
+            Life::Dead => true,
+        };
+        if bound && g.main.get() != new_main {
             set_error(ffi::PyExc_ValueError, msg::PARENT_OTHER_THREAD);
             return -1;
         }
@@ -810,6 +818,9 @@ unsafe extern "C" fn get_frame(obj: *mut ffi::PyObject, _: *mut c_void) -> *mut 
     // SAFETY: getter called with the GIL on a greenlet.
     unsafe {
         let g = green(obj);
+        // A greenlet left suspended by a thread that exited keeps its frame, as greenlet's
+        // until it has cleaned up after that thread (upstream's
+        // test_throw_to_dead_thread_doesnt_crash reads it); greenlet gives None after.
         if g.running.get() || g.life.get() != Life::Active {
             return none();
         }

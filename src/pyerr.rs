@@ -43,6 +43,35 @@ impl ErrState {
         }
     }
 
+    /// Takes the pending exception (the error indicator must be set) the way greenlet takes a
+    /// `GreenletExit` that ended a greenlet, to hand it to the parent as a plain value: the
+    /// exception object as it stands, or `None`. Before 3.12 the traceback the indicator
+    /// holds is dropped, not attached (greenlet's `PyErr_Fetch` discards it), so the value's
+    /// `__traceback__` is whatever it was when the exception was last caught; from 3.12 the
+    /// traceback lives on the exception and stays. Returns a new reference.
+    ///
+    /// # Safety
+    /// GIL held.
+    pub unsafe fn take_as_value() -> *mut ffi::PyObject {
+        #[cfg(Py_3_12)]
+        // SAFETY: GIL held by contract.
+        let value = unsafe { ffi::PyErr_GetRaisedException() };
+        #[cfg(not(Py_3_12))]
+        // SAFETY: GIL held by contract; the three pointers receive owned references.
+        let value = unsafe {
+            let mut parts = [ptr::null_mut(); 3];
+            ffi::PyErr_Fetch(&mut parts[0], &mut parts[1], &mut parts[2]);
+            ffi::Py_XDECREF(parts[0]);
+            ffi::Py_XDECREF(parts[2]);
+            parts[1]
+        };
+        if value.is_null() {
+            none()
+        } else {
+            value
+        }
+    }
+
     /// Takes the pending exception if there is one (to put back later with `restore`).
     ///
     /// # Safety

@@ -129,6 +129,13 @@ unsafe fn resolve(ts: &ThreadState, target: *mut ffi::PyObject) -> Result<*mut f
         loop {
             let gr = green(g);
             match gr.life.get() {
+                // A greenlet left suspended by a thread that exited may have been given a
+                // parent here since (or be the parent of a dead one): its stack never runs
+                // again. (greenlet 3.5.6 switches into it and crashes.)
+                Life::Active if !gr.is_main && gr.thread_exited() => {
+                    set_error(globals().error, msg::THREAD_EXITED);
+                    return Err(());
+                }
                 Life::Active => return Ok(g),
                 Life::Unstarted => {
                     if prepare_start(ts, g)? {
@@ -449,48 +456,31 @@ unsafe fn run_and_finish(g: *mut ffi::PyObject, first: Payload) -> Hop<Payload> 
         let run = gr.run.get();
         let kind = first.kind.take().expect("first payload");
         drop(first);
-        let outcome: Result<*mut ffi::PyObject, ErrState> = match traced {
+        let kind = match traced {
             Err(()) => {
                 drop(kind);
-                Err(ErrState::fetch())
+                outcome(ptr::null_mut())
             }
             Ok(()) => match kind {
-                Kind::Raise(e) => Err(e),
+                Kind::Raise(e) => {
+                    e.restore();
+                    outcome(ptr::null_mut())
+                }
                 Kind::Value(v) => {
                     let r = pystate::corolet_call_run_one(run, v);
                     ffi::Py_DECREF(v);
-                    if r.is_null() {
-                        Err(ErrState::fetch())
-                    } else {
-                        Ok(r)
-                    }
+                    outcome(r)
                 }
                 Kind::Args { args, kwargs } => {
                     let r = pystate::corolet_call_run(run, args, kwargs);
                     ffi::Py_DECREF(args);
                     ffi::Py_XDECREF(kwargs);
-                    if r.is_null() {
-                        Err(ErrState::fetch())
-                    } else {
-                        Ok(r)
-                    }
+                    outcome(r)
                 }
             },
         };
         ffi::Py_XDECREF(gr.run.replace(ptr::null_mut()));
         gr.life.set(Life::Dead);
-        let kind = match outcome {
-            Ok(r) => Kind::Value(r),
-            Err(e) if e.matches(globals().exit) => {
-                let v = e.value();
-                Kind::Value(if v.is_null() {
-                    none()
-                } else {
-                    ffi::Py_NewRef(v)
-                })
-            }
-            Err(e) => Kind::Raise(e),
-        };
         let mut payload = Payload::new(g, kind);
         let mut parent = gr.parent.get();
         loop {
@@ -512,6 +502,26 @@ unsafe fn run_and_finish(g: *mut ffi::PyObject, first: Payload) -> Hop<Payload> 
                     parent = green(parent).parent.get();
                 }
             }
+        }
+    }
+}
+
+/// What a greenlet's end sends on: `run`'s result (`r`, a new reference), or with `r` null
+/// the pending exception, except that a `GreenletExit` is caught and becomes a plain value,
+/// taken as greenlet takes it ([`ErrState::take_as_value`]).
+///
+/// # Safety
+/// GIL held; with `r` null, the error indicator is set.
+unsafe fn outcome(r: *mut ffi::PyObject) -> Kind {
+    if !r.is_null() {
+        return Kind::Value(r);
+    }
+    // SAFETY: GIL held; the error indicator is set.
+    unsafe {
+        if ffi::PyErr_ExceptionMatches(globals().exit) != 0 {
+            Kind::Value(ErrState::take_as_value())
+        } else {
+            Kind::Raise(ErrState::fetch())
         }
     }
 }

@@ -5,9 +5,10 @@ threads it started) behind. A test that leaks on purpose says so with
 ``@pytest.mark.leaks_greenlets(reason=...)``.
 
 The suite also runs against the real greenlet, which is the specification corolet follows:
-put a ``corolet`` package that re-exports greenlet on ``PYTHONPATH`` and set
+``make pytest-greenlet`` puts ``tests/against_greenlet`` (a ``corolet`` package that re-exports
+greenlet) on ``PYTHONPATH`` in a virtualenv with PyPI's greenlet and sets
 ``COROLET_TEST_AGAINST_GREENLET=1``. Tests marked ``corolet_only`` (features greenlet does not
-have) are then skipped.
+have, or deliberate differences, each with its reason) are then skipped.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ _SETTLE_SECONDS = 5.0
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "corolet_only: tests a feature the real greenlet does not have "
-        "(skipped when COROLET_TEST_AGAINST_GREENLET=1)",
+        "corolet_only(reason=...): tests a feature the real greenlet does not have, or a "
+        "deliberate difference (skipped when COROLET_TEST_AGAINST_GREENLET=1)",
     )
     config.addinivalue_line(
         "markers",
@@ -40,17 +41,18 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    target = "the real greenlet (through a re-exporting corolet)" if AGAINST_GREENLET else "corolet"
-    return [f"corolet under test: {corolet.__file__} ({target})"]
+    if AGAINST_GREENLET:
+        where = getattr(corolet, "IMPLEMENTATION_FILE", corolet.__file__)
+        return [f"under test: the real greenlet, {where} (through tests/against_greenlet)"]
+    return [f"corolet under test: {corolet.__file__}"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    skip_corolet_only = pytest.mark.skip(
-        reason="corolet-only feature; COROLET_TEST_AGAINST_GREENLET=1 runs against greenlet"
-    )
     for item in items:
-        if AGAINST_GREENLET and item.get_closest_marker("corolet_only") is not None:
-            item.add_marker(skip_corolet_only)
+        only = item.get_closest_marker("corolet_only")
+        if AGAINST_GREENLET and only is not None:
+            why = only.kwargs.get("reason", "corolet-only feature")
+            item.add_marker(pytest.mark.skip(reason=f"{why} (running against greenlet)"))
         leak = item.get_closest_marker("leaks_greenlets")
         if leak is not None and not leak.kwargs.get("reason"):
             raise pytest.UsageError(f"{item.nodeid}: leaks_greenlets needs reason=...")
