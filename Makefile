@@ -21,7 +21,7 @@ SID_PYS ?= /usr/bin/python3.14 /usr/bin/python3.15
 export CARGO_TARGET_DIR := $(CARGO_TARGET)
 
 .PHONY: demo test test-all test-pys test-sid-chroot test-sid sid-chroot venv build cargo-test lint pytest upstream gevent \
-        bench-fast bench valgrind clean
+        bench-fast bench valgrind clean mutate
 
 $(VENV)/.stamp: tests/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -115,6 +115,12 @@ valgrind: build
 	    --log-file=$(CARGO_TARGET)/valgrind.log $(VPY) tools/valgrind_smoke.py
 	@grep -E "ERROR SUMMARY|definitely lost" $(CARGO_TARGET)/valgrind.log
 	@! grep -E "Invalid (read|write|free)|definitely lost: [1-9]" $(CARGO_TARGET)/valgrind.log
+
+# The mutation check (tools/mutate.py; not part of test): small deliberate bugs in the switch,
+# throw, C API, interpreter-check, bridge and runner code, one at a time, each of which its
+# tests must catch; prints the survivors and the score.
+mutate: build
+	$(VPY) tools/mutate.py --python $(VPY)
 
 clean:
 	rm -rf target .venv-* .cache
