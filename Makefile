@@ -7,6 +7,7 @@
 #   make test-all             `make test` on every supported interpreter: the pyenv ones (PYS),
 #                             then 3.14 and 3.15 in a Debian sid chroot (SID_PYS; empty skips it)
 #   make sid-chroot           set up that chroot (tools/sid-chroot.sh; test-all does it too)
+#   make mutate               the mutation check: deliberate small bugs its tests must catch
 #   PYTHON=/path/to/python    choose the interpreter (default: python3)
 
 PYTHON ?= python3
@@ -67,8 +68,11 @@ upstream: build
 gevent: build
 	$(VPY) tools/gevent_suite.py --python $(VPY)
 
-# The benchmarks' fast mode keeps them working; `make bench` gives the numbers.
+# The benchmarks' fast mode keeps them working and checks their results (a wrong value, count
+# or release exits non-zero; timings are never judged); `make bench` gives the numbers. The
+# core benchmarks build with the release profile, whose dependencies cargo-test has built.
 bench-fast: build
+	PYO3_PYTHON=$(PYTHON) cargo bench --profile release --quiet --bench core -- --fast
 	$(VPY) benches/bench_greenlet.py --fast
 	$(VPY) benches/bench_memory.py --fast
 	$(VPY) benches/bench_bridge.py --fast

@@ -54,6 +54,9 @@ def needs_build(mutant: Mutant) -> bool:
 
 def apply(mutant: Mutant) -> str:
     """Write the mutated file; returns the original text."""
+    if mutant.new[:1].isspace():
+        # The match starts at the old text's first word, after its indentation.
+        raise SystemExit(f"mutant {mutant.name}: its new text must not start with white space")
     path = ROOT / mutant.file
     original = path.read_text()
     matches = list(re.finditer(pattern(mutant.old), original))
@@ -109,6 +112,8 @@ def run_tests(python: str, tests: tuple[str, ...]) -> tuple[bool, str]:
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     failed = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
     summary = (failed or lines[-1:] or ["no output"])[0]
+    if proc.returncode != 0 and os.environ.get("MUTATE_VERBOSE"):
+        print("\n".join(lines[-40:]), flush=True)
     return proc.returncode == 0, summary[:160]
 
 
@@ -159,11 +164,17 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         print("baseline: building and running every subset unmutated", flush=True)
+        # Cargo judges freshness by modification times: a checkout or copy older than the
+        # quick build directory's last (mutated) build would otherwise not be rebuilt.
+        for source in (ROOT / "src").iterdir():
+            os.utime(source)
         if rust and not build(args.python, version):
             raise SystemExit("the unmutated code does not build")
         every = tuple(sorted({test for mutant in mutants for test in mutant.tests}))
         passed, summary = run_tests(args.python, every)
         if not passed:
+            os.environ["MUTATE_VERBOSE"] = "1"
+            run_tests(args.python, every)  # again, to show what failed
             raise SystemExit(f"unmutated, the tests fail: {summary}")
         for index, mutant in enumerate(mutants, 1):
             print(f"[{index}/{len(mutants)}] {mutant.name}: {mutant.description}", flush=True)
