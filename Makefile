@@ -9,6 +9,7 @@
 #   make test-all             `make test` on every supported interpreter: the pyenv ones (PYS),
 #                             then 3.14 and 3.15 in a Debian sid chroot (SID_PYS; empty skips it)
 #   make sid-chroot           set up that chroot (tools/sid-chroot.sh; test-all does it too)
+#   make mutate               the mutation check: deliberate small bugs its tests must catch
 #   PYTHON=/path/to/python    choose the interpreter (default: python3)
 
 PYTHON ?= python3
@@ -23,7 +24,7 @@ SID_PYS ?= /usr/bin/python3.14 /usr/bin/python3.15
 export CARGO_TARGET_DIR := $(CARGO_TARGET)
 
 .PHONY: demo test test-all test-pys test-sid-chroot test-sid sid-chroot venv build cargo-test lint pytest upstream gevent \
-        bench-fast bench valgrind clean pytest-greenlet fuzz fuzz-fast
+        bench-fast bench valgrind clean pytest-greenlet fuzz fuzz-fast mutate
 
 $(VENV)/.stamp: tests/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -99,8 +100,11 @@ upstream: build
 gevent: build
 	$(VPY) tools/gevent_suite.py --python $(VPY)
 
-# The benchmarks' fast mode keeps them working; `make bench` gives the numbers.
+# The benchmarks' fast mode keeps them working and checks their results (a wrong value, count
+# or release exits non-zero; timings are never judged); `make bench` gives the numbers. The
+# core benchmarks build with the release profile, whose dependencies cargo-test has built.
 bench-fast: build
+	PYO3_PYTHON=$(PYTHON) cargo bench --profile release --quiet --bench core -- --fast
 	$(VPY) benches/bench_greenlet.py --fast
 	$(VPY) benches/bench_memory.py --fast
 	$(VPY) benches/bench_bridge.py --fast
@@ -147,6 +151,12 @@ valgrind: build
 	    --log-file=$(CARGO_TARGET)/valgrind.log $(VPY) tools/valgrind_smoke.py
 	@grep -E "ERROR SUMMARY|definitely lost" $(CARGO_TARGET)/valgrind.log
 	@! grep -E "Invalid (read|write|free)|definitely lost: [1-9]" $(CARGO_TARGET)/valgrind.log
+
+# The mutation check (tools/mutate.py; not part of test): small deliberate bugs in the switch,
+# throw, C API, interpreter-check, bridge and runner code, one at a time, each of which its
+# tests must catch; prints the survivors and the score.
+mutate: build
+	$(VPY) tools/mutate.py --python $(VPY)
 
 clean:
 	rm -rf target .venv-* .cache

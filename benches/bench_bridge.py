@@ -26,7 +26,10 @@ ratio is the real greenlet's time divided by corolet's: above 1, corolet is fast
 
 Run: ``python benches/bench_bridge.py`` (10-20 s) or ``--fast`` (a few seconds, for CI; the first
 run also spends about 10 s creating the bench virtualenv).
-No timing is asserted anywhere: the numbers are printed, not judged.
+No timing is asserted anywhere: the numbers are printed, not judged. What does not depend on the
+machine is checked in every run, ``--fast`` included, and a wrong result exits non-zero: each
+``await_only``, ``greenlet_spawn`` and plain ``await`` delivered its value (their sum is the count),
+and no spawned greenlet is left alive afterwards.
 """
 
 from __future__ import annotations
@@ -73,17 +76,35 @@ def child(side: str, await_ops: int, spawn_ops: int) -> dict:
             _describe_corolet() if is_corolet else f"greenlet {greenlet.__version__}"
         )
 
+    import gc
+
+    if side == "corolet":
+        import corolet as greenlet_module
+    else:
+        import greenlet as greenlet_module
+
+    def live_greenlets() -> int:
+        gc.collect()
+        kind = greenlet_module.greenlet
+        return sum(1 for o in gc.get_objects() if isinstance(o, kind) and o.parent is not None)
+
     async def ready() -> int:
         return 1
 
-    def awaiting(n: int) -> None:
+    def awaiting(n: int) -> int:
         aw = await_only
         make = ready
+        total = 0
         for _ in range(n):
-            aw(make())
+            total += aw(make())
+        return total
 
     def returns_at_once() -> int:
         return 1
+
+    def check(ok: bool, what: str) -> None:
+        if not ok:
+            raise SystemExit(f"{side}: wrong result: {what}")
 
     async def measure() -> dict:
         # Warm up (first greenlet, stack pool, caches), then time.
@@ -92,24 +113,32 @@ def child(side: str, await_ops: int, spawn_ops: int) -> dict:
             await greenlet_spawn(returns_at_once)
 
         start = time.perf_counter_ns()
-        await greenlet_spawn(awaiting, await_ops)
+        total = await greenlet_spawn(awaiting, await_ops)
         await_ns = (time.perf_counter_ns() - start) / await_ops
+        check(total == await_ops, f"{total} values from {await_ops} await_only calls")
 
         spawn = greenlet_spawn
         fn = returns_at_once
+        total = 0
         start = time.perf_counter_ns()
         for _ in range(spawn_ops):
-            await spawn(fn)
+            total += await spawn(fn)
         spawn_ns = (time.perf_counter_ns() - start) / spawn_ops
+        check(total == spawn_ops, f"{total} values from {spawn_ops} greenlet_spawn calls")
 
         make = ready
+        total = 0
         start = time.perf_counter_ns()
         for _ in range(await_ops):
-            await make()
+            total += await make()
         plain_ns = (time.perf_counter_ns() - start) / await_ops
+        check(total == await_ops, f"{total} values from {await_ops} plain awaits")
         return {"await_only": await_ns, "greenlet_spawn": spawn_ns, "plain await": plain_ns}
 
+    before = live_greenlets()
     figures = asyncio.run(measure())
+    left = live_greenlets() - before
+    check(left == 0, f"{left} spawned greenlets still alive after the run")
     return {"impl": impl, "python": sys.version.split()[0], "figures": figures}
 
 

@@ -21,7 +21,10 @@ deep, in ``main.switch()``), measures, then drops them all (each is killed with
   its heap's top below a threshold it raises when a large block (the crowd's list) is freed.
 
 greenlet comes from ``<repo>/.venv-bench-greenlet-<version>`` (made by bench_greenlet.py's
-helper on the same interpreter). ``--fast`` runs 10,000 only.
+helper on the same interpreter). ``--fast`` runs 10,000 only. Every run, fast or not, checks what
+does not depend on the machine and exits 1 if it is wrong: all N greenlets parked, none left
+alive after the kill (nor, for corolet, a native stack still in use), and fewer than N / 10
+Python blocks still allocated then (what they held was released). Timings are not judged.
 """
 
 from __future__ import annotations
@@ -112,9 +115,15 @@ del glets
 gc.collect()
 times[3] = time.thread_time()
 read_status(2)
+# Counted after the last reading, so that the lists these make are not measured.
+left = sum(1 for o in gc.get_objects() if isinstance(o, impl.greenlet) and o.parent is not None)
+stats = getattr(getattr(impl, "_corolet", None), "_stack_stats", None)
+stacks_left = stats()["live"] if stats is not None else 0
 before, parked, after = status(0), status(1), status(2)
 print(json.dumps({
     "alive": alive,
+    "greenlets_left": left,
+    "stacks_left": stacks_left,
     "rss_per": (parked["VmRSS"] - before["VmRSS"]) / n,
     "pte_per": (parked["VmPTE"] - before["VmPTE"]) / n,
     "create_us": (times[1] - times[0]) / n * 1e6,
@@ -140,8 +149,26 @@ def run(python: str, module: str, n: int, stack_size: int = 0) -> dict:
     if out.returncode != 0:
         raise common.BenchError(f"{module} with {n} greenlets failed:\n{out.stderr[-2000:]}")
     result = json.loads(out.stdout)
-    common.check(result["alive"], f"{module}: all {n} greenlets parked")
+    check_result(module, n, result)
     return result
+
+
+def check_result(module: str, n: int, result: dict) -> None:
+    """What must hold whatever the machine: every greenlet parked, then every one freed, and
+    what they held released (Python blocks: a leak of one frame per greenlet is n blocks)."""
+    common.check(result["alive"], f"{module}: not all {n} greenlets parked")
+    common.check(
+        result["greenlets_left"] == 0,
+        f"{module}: {result['greenlets_left']} of {n} greenlets still alive after the kill",
+    )
+    common.check(
+        result["stacks_left"] == 0, f"{module}: {result['stacks_left']} stacks still in use"
+    )
+    common.check(
+        result["blocks_left"] < n // 10,
+        f"{module}: {result['blocks_left']:+,} Python blocks still allocated after killing "
+        f"{n} greenlets (a leak of about {result['blocks_left'] / n:.1f} per greenlet)",
+    )
 
 
 def control(python: str, n: int) -> float:

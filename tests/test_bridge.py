@@ -7,14 +7,17 @@ closed coroutine that did not unwind it) fails the test.
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import contextvars
 import gc
+import inspect
 import os
 import subprocess
 import sys
 import threading
 import traceback
+import types
 import warnings
 
 import corolet
@@ -285,6 +288,39 @@ def test_in_greenlet_is_false_outside_spawned_greenlets():
     assert asyncio.run(main()) is False
 
 
+def test_await_only_closes_the_coroutine_it_refuses():
+    coro = _value_later(1)
+    with pytest.raises(MissingGreenlet):
+        await_only(coro)
+    assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED
+
+
+def test_missing_greenlet_notes_that_the_real_greenlet_is_imported(monkeypatch):
+    real = types.ModuleType("greenlet")
+    real.__file__ = "/elsewhere/site-packages/greenlet/__init__.py"
+    monkeypatch.setitem(sys.modules, "greenlet", real)
+    with pytest.raises(MissingGreenlet) as info:
+        await_only(_Suspend())
+    assert (
+        "\nNote: the real greenlet package is imported in this process (from "
+        "/elsewhere/site-packages/greenlet/__init__.py); greenlets it starts"
+    ) in str(info.value)
+    assert "Call corolet.install() before anything imports greenlet." in str(info.value)
+
+
+@pytest.mark.parametrize("greenlet_module", ["absent", "corolet's"])
+def test_missing_greenlet_has_no_such_note_otherwise(monkeypatch, greenlet_module):
+    if greenlet_module == "absent":
+        monkeypatch.delitem(sys.modules, "greenlet", raising=False)
+    else:
+        alias = types.ModuleType("greenlet")
+        alias.__corolet__ = True
+        monkeypatch.setitem(sys.modules, "greenlet", alias)
+    with pytest.raises(MissingGreenlet) as info:
+        await_only(_Suspend())
+    assert "\nNote:" not in str(info.value)
+
+
 # --- context variables ------------------------------------------------------------------------
 
 
@@ -334,6 +370,39 @@ def test_concurrent_spawns_keep_their_tasks_contexts_apart():
         return await asyncio.gather(*(one(i) for i in range(20)))
 
     assert asyncio.run(main()) == [(f"value {i}", f"value {i}") for i in range(20)]
+
+
+def test_spawn_from_a_thread_without_a_context_yet_shares_the_one_it_makes():
+    # A thread started with _thread (threading.Thread enters a context of its own from 3.14
+    # on) has no context until something asks for one: greenlet_spawn makes it, and the
+    # greenlet and the code that awaited greenlet_spawn share it.
+    seen = {}
+    done = _thread.allocate_lock()
+    done.acquire()
+
+    def sync():
+        VAR.set("set in the greenlet")
+        return getcurrent().gr_context
+
+    def thread():
+        try:
+            seen["before"] = getcurrent().gr_context
+            coro = greenlet_spawn(sync)
+            try:
+                coro.send(None)
+            except StopIteration as stop:
+                seen["inside"] = stop.value
+            seen["after"] = getcurrent().gr_context
+            seen["var"] = VAR.get()
+        finally:
+            done.release()
+
+    _thread.start_new_thread(thread, ())
+    assert done.acquire(timeout=60)
+    assert seen["before"] is None
+    assert isinstance(seen["after"], contextvars.Context)
+    assert seen["inside"] is seen["after"]
+    assert seen["var"] == "set in the greenlet"
 
 
 # --- cancellation and timeouts ----------------------------------------------------------------
@@ -449,6 +518,27 @@ def test_closing_the_driving_coroutine_unwinds_the_greenlet():
     assert record[1:] == ["GeneratorExit at await_only", "again"]
     assert record[0].dead
     record.clear()
+
+
+def test_closing_the_driving_coroutine_closes_the_awaitables_it_abandons():
+    offered = []
+
+    def sync():
+        try:
+            await_only(_Suspend())
+        finally:
+            for _ in range(2):
+                offered.append(_value_later(None))
+                try:
+                    await_only(offered[-1])
+                except GeneratorExit:
+                    pass
+
+    coro = greenlet_spawn(sync)
+    assert coro.send(None) == "suspended"
+    coro.close()
+    assert len(offered) == 2
+    assert [inspect.getcoroutinestate(c) for c in offered] == [inspect.CORO_CLOSED] * 2
 
 
 def test_task_destroyed_while_pending_unwinds_the_greenlet():

@@ -320,3 +320,66 @@ def test_c_api_error_cases(ext_dir: Path) -> None:
         """,
     )
     assert out.strip() == "ok"
+
+
+def test_c_api_switch_and_throw_deliver_what_python_switch_and_throw_do(ext_dir: Path) -> None:
+    # PyGreenlet_Switch(g, args, kwargs) delivers what g.switch(*args, **kwargs) would: one
+    # positional argument unwrapped, keywords alone as their dict. PyGreenlet_Throw(g, cls,
+    # instance, tb) raises that instance, with that traceback.
+    out = run_child(
+        ext_dir,
+        """
+        main = getcurrent()
+
+        def echo(*args, **kwargs):
+            got = main.switch((args, kwargs))
+            while True:
+                got = main.switch(got)
+
+        g = ct.new(echo, None)
+        assert ct.switch(g, ("one",), None) == (("one",), {})  # the start: run(*args)
+        assert ct.switch(g, ("one",), None) == "one"
+        assert ct.switch(g, ("one",), {}) == "one"
+        assert ct.switch(g, ("a", "b"), None) == ("a", "b")
+        assert ct.switch(g, (), None) == ()
+        assert ct.switch(g, None, None) == ()
+        assert ct.switch(g, None, {"k": 1}) == {"k": 1}
+        assert ct.switch(g, ("one",), {"k": 1}) == (("one",), {"k": 1})
+        for args, kwargs in [(("one",), None), (("a", "b"), None), ((), {"k": 1})]:
+            assert ct.switch(g, args, kwargs) == g.switch(*args, **(kwargs or {}))
+
+        def make_traceback():
+            try:
+                raise KeyError("original")
+            except KeyError as e:
+                return e.__traceback__
+
+        def catcher():
+            try:
+                main.switch("ready")
+            except BaseException as e:
+                return e
+        value_error, os_error = ValueError("out"), FileNotFoundError(2, "gone")
+        key_error, instance = KeyError("k"), KeyError("instance")
+        for typ, val, tb, expected in [
+            (ValueError, value_error, None, value_error),
+            (OSError, os_error, None, os_error),
+            (KeyError, key_error, make_traceback(), key_error),
+            (instance, None, make_traceback(), instance),
+        ]:
+            h = ct.new(catcher, None)
+            assert ct.switch(h, None, None) == "ready"
+            got = ct.throw(h, typ, val, tb)
+            assert got is expected, (got, expected)
+            names = []
+            t = got.__traceback__
+            while t is not None:
+                names.append(t.tb_frame.f_code.co_name)
+                t = t.tb_next
+            assert names[0] == "catcher", names
+            assert ("make_traceback" in names) == (tb is not None), names
+        g.throw()
+        print("ok")
+        """,
+    )
+    assert out.strip() == "ok"

@@ -1,7 +1,7 @@
 """corolet.install(): `import greenlet` resolving to corolet.
 
-install() changes sys.modules for the rest of the process, so every test runs it in a child
-interpreter. The child finds corolet the way this process did.
+install() changes sys.modules for the rest of the process, so every test in which it succeeds
+runs it in a child interpreter. The child finds corolet the way this process did.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 
 import corolet
 import pytest
@@ -175,3 +176,24 @@ def test_install_refuses_when_another_greenlet_was_already_imported(tmp_path):
     # Exception (so not a bare BaseException or a crash) and its message must name greenlet.
     assert kind != "install() did not refuse", out
     assert "greenlet" in message, out
+
+
+@pytest.mark.parametrize("where", ["/elsewhere/greenlet/__init__.py", None])
+def test_install_refusal_is_a_runtime_error_naming_where_greenlet_came_from(monkeypatch, where):
+    # In this process: a refusing install() changes nothing, and monkeypatch puts sys.modules
+    # back whatever happens. A module without __file__ (a namespace package, a frozen module)
+    # is named "?".
+    other = types.ModuleType("greenlet")
+    if where is not None:
+        other.__file__ = where
+    monkeypatch.setitem(sys.modules, "greenlet", other)
+    monkeypatch.setitem(sys.modules, "greenlet._greenlet", types.ModuleType("greenlet._greenlet"))
+    private = sys.modules["greenlet._greenlet"]
+    with pytest.raises(RuntimeError) as info:
+        corolet.install()
+    assert str(info.value) == (
+        "corolet.install(): the real greenlet package was already imported "
+        f"(from {where or '?'}); call corolet.install() before anything imports greenlet"
+    )
+    assert sys.modules["greenlet"] is other
+    assert sys.modules["greenlet._greenlet"] is private

@@ -101,6 +101,30 @@ def test_throw_with_a_traceback_attaches_it_to_the_exception(main_greenlet):
     assert names[0] == "run"
 
 
+def test_throw_with_an_instance_and_a_traceback_attaches_it_to_that_instance(main_greenlet):
+    def make_traceback():
+        try:
+            raise KeyError("original")
+        except KeyError:
+            return sys.exc_info()[2]
+
+    error = KeyError("thrown")
+    kind, exc = _suspended_catcher(main_greenlet).throw(error, None, make_traceback())
+    assert exc is error
+    names = [entry.name for entry in traceback.extract_tb(exc.__traceback__)]
+    assert "make_traceback" in names
+    assert names[0] == "run"
+
+
+@pytest.mark.parametrize("cls", [OSError, FileNotFoundError])
+def test_throw_with_a_class_and_an_instance_of_it_raises_that_very_instance(main_greenlet, cls):
+    # greenlet raises the instance itself, as `raise` would: no new cls(instance) around it.
+    error = FileNotFoundError(2, "no such thing")
+    kind, exc = _suspended_catcher(main_greenlet).throw(cls, error)
+    assert exc is error
+    assert exc.args == (2, "no such thing")
+
+
 def test_throw_with_none_traceback_is_accepted(main_greenlet):
     kind, exc = _suspended_catcher(main_greenlet).throw(ValueError, "v", None)
     assert exc.args == ("v",)

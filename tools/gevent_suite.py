@@ -51,13 +51,18 @@ printed with the first run's failures). A file failing on both only in test case
 flaky (timing assertions that gevent's own CI turns into skips) is reported, and tolerated.
 
 Known failures live in ``tools/gevent-known-failures/<major.minor>.txt``, one file name a line with
-its ``# reason``. The run fails on a crash or timeout of a corolet run, on a file that passes on
-greenlet but not on corolet, and on a file failing on both, unless the file is listed; a listed
-file that passes on corolet, or that gevent no longer runs here, also fails the run: the list only
-shrinks by hand. A file listed with a reason starting ``flaky:`` fails now and then on greenlet
-too: when it fails or times out it runs once more, and failing twice is reported without failing
-the run (a crash still fails it); it may pass. Where a listed file fails on both, a test case that
-fails on corolet only (and is not one gevent marks flaky) still fails the run.
+how it is expected to fail and why, in ``tools/_known.py``'s format:
+``test__file.py  failed: text  # reason``, the outcome ``failed``, ``timeout`` or ``crash`` (or
+several, ``failed|timeout``), the optional text one that must occur in the file's failure (its
+exit line or a failing test case's id or exception line). The run fails on a crash or timeout of
+a corolet run, on a file that passes on greenlet but not on corolet, and on a file failing on
+both, unless the file is listed with that outcome; a listed file that fails otherwise than its
+entry says (a crash where failing tests were expected), that passes on corolet, or that gevent no
+longer runs here, also fails the run: the list only shrinks by hand. An entry whose expectation
+starts with ``flaky`` (``flaky timeout``) names a file that fails now and then on greenlet too:
+when it fails or times out it runs once more, and failing twice as its entry says is reported
+without failing the run; it may pass. Where a listed file fails on both, a test case that fails
+on corolet only (and is not one gevent marks flaky) still fails the run.
 ``--update-known-failures`` rewrites the entries of the selected files from a run
 (keeping reasons; new ones get "TODO: investigate") below the comment header.
 """
@@ -81,6 +86,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import _known
+from _known import Entry, KnownListError
+
 GEVENT_VERSION = "26.9.0"
 GREENLET_VERSION = "3.5.6"
 # gevent's "test" extra, less coverage (only for its coverage runs); dnspython is < 3.10 only.
@@ -94,7 +102,9 @@ REPO = TOOLS.parent
 CACHE_DIR = REPO / ".cache" / "gevent"
 KNOWN_DIR = TOOLS / "gevent-known-failures"
 NEW_REASON = "TODO: investigate"
-FLAKY_PREFIX = "flaky:"  # a listed file whose reason starts so may pass; it fails twice to fail
+# How a known-failure entry may expect a file to fail, and the modifier of one that may pass.
+OUTCOMES = frozenset({"failed", "timeout", "crash"})
+FLAKY = "flaky"
 PTH_NAME = "corolet-install.pth"
 HOOK_NAME = "_corolet_install_hook"
 PTH_TEXT = f"import {HOOK_NAME}\n"
@@ -787,7 +797,7 @@ def confirm_regressions(
     suite: Suite,
     mine: dict[str, FileResult],
     base: dict[str, FileResult],
-    known: dict[str, str],
+    known: dict[str, Entry],
 ) -> tuple[dict[str, FileResult], float]:
     """Run once more on corolet, one at a time, each unlisted file that failed or timed out
     there but passed on greenlet, so that a regression is one that happens twice: on a loaded
@@ -822,35 +832,28 @@ def known_path(version: str) -> Path:
     return KNOWN_DIR / f"{version}.txt"
 
 
-def load_known(path: Path) -> dict[str, str]:
-    known: dict[str, str] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            name, _, reason = line.partition("#")
-            if name.strip():
-                known[name.strip()] = reason.strip()
-    return known
+def load_known(path: Path) -> dict[str, Entry]:
+    try:
+        return _known.load(path, OUTCOMES, frozenset({FLAKY}))
+    except KnownListError as error:
+        raise SetupError(str(error)) from None
 
 
-def write_known(path: Path, known: dict[str, str]) -> None:
+def write_known(path: Path, known: dict[str, Entry]) -> None:
     """Rewrite the entries, keeping the comment header (every line before the first entry)."""
-    header: list[str] = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.partition("#")[0].strip():
-                break
-            header.append(line)
-    else:
-        header = [
-            f"# gevent {GEVENT_VERSION} test files corolet fails on Python {path.stem}, read by "
-            "tools/gevent_suite.py.",
-            "# One file a line, with its reason:   test__file.py  # reason",
-            "",
-        ]
-    width = max((len(name) for name in known), default=0)
-    entries = [f"{name.ljust(width)}  # {known[name]}" for name in sorted(known)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(header + entries) + "\n")
+    default = [
+        f"# gevent {GEVENT_VERSION} test files corolet fails on Python {path.stem}, read by "
+        "tools/gevent_suite.py.",
+        "# One file a line, how it fails and why:   test__file.py  failed  # reason",
+        "",
+    ]
+    _known.write(path, known, default)
+
+
+def report_text(result: FileResult) -> str:
+    """What an entry's text is looked for in: the file's exit line and its failing cases."""
+    cases = [f"{case.id}: {case.summary}" for case in result.cases]
+    return "\n".join([result.detail, *cases])
 
 
 @dataclass
@@ -898,23 +901,23 @@ def flaky_on_both(mine: FileResult, base: FileResult | None) -> bool:
     )
 
 
-def is_flaky(reason: str | None) -> bool:
-    return bool(reason) and reason.startswith(FLAKY_PREFIX)
+def is_flaky(entry: Entry | None) -> bool:
+    return entry is not None and FLAKY in entry.modifiers
 
 
 def judge(
     mine: dict[str, FileResult],
     base: dict[str, FileResult],
-    known: dict[str, str],
+    known: dict[str, Entry],
     selected: set[str],
 ) -> Verdict:
     verdict = Verdict()
     for name, result in sorted(mine.items()):
         if result.status == "not run":
             continue
-        flaky = is_flaky(known.get(name))
+        entry = known.get(name)
         if result.status in PASSING:
-            if name in known and not flaky:
+            if entry is not None and not is_flaky(entry):
                 verdict.now_passing.append(name)
             continue
         what = classify(result, base.get(name))
@@ -923,9 +926,12 @@ def judge(
             what += "; failing on corolet only: " + ", ".join(extra)
             verdict.unexpected.append((name, what))
             continue
-        excused = name in known and not (flaky and result.status == "crash")
-        if excused:
-            verdict.known.append((name, what))
+        if entry is not None:
+            if entry.expects(result.status, report_text(result)):
+                verdict.known.append((name, what))
+            else:  # listed, but this is not the failure listed (a crash, another test case)
+                what += f"; listed as failing with {entry.expectation}, not so"
+                verdict.unexpected.append((name, what))
         elif flaky_on_both(result, base.get(name)):
             verdict.tolerated.append((name, what))
         else:
@@ -936,13 +942,25 @@ def judge(
     return verdict
 
 
+def failures(verdict: Verdict) -> int:
+    """How many files fail the run."""
+    return len(verdict.unexpected) + len(verdict.now_passing) + len(verdict.absent)
+
+
 def updated_known(
-    mine: dict[str, FileResult], known: dict[str, str], selected: set[str]
-) -> dict[str, str]:
-    kept = {name: reason for name, reason in known.items() if name not in selected}
+    mine: dict[str, FileResult], known: dict[str, Entry], selected: set[str]
+) -> dict[str, Entry]:
+    kept = {name: entry for name, entry in known.items() if name not in selected}
     for name, result in mine.items():
-        if result.status not in PASSING and result.status != "not run":
-            kept[name] = known.get(name, NEW_REASON)
+        if result.status in PASSING and is_flaky(known.get(name)):
+            kept[name] = known[name]  # a flaky file may pass; it stays
+        elif result.status not in PASSING and result.status != "not run":
+            old = known.get(name)
+            if old is not None and old.expects(result.status, report_text(result)):
+                kept[name] = old
+            else:
+                reason = old.reason if old is not None else NEW_REASON
+                kept[name] = Entry(name, (result.status,), reason=reason)
     return kept
 
 
@@ -1011,7 +1029,7 @@ def print_verdict(
     verdict: Verdict,
     mine: dict[str, FileResult],
     base: dict[str, FileResult],
-    known: dict[str, str],
+    known: dict[str, Entry],
 ) -> None:
     for name, what in verdict.unexpected:
         print(f"UNEXPECTED: {name}: {what}")
@@ -1019,7 +1037,7 @@ def print_verdict(
         if name in base and base[name].status not in PASSING:
             print_failure(base[name], "greenlet")
     for name, what in verdict.known:
-        print(f"known: {name}: {what}; {mine[name].status}  # {known[name]}")
+        print(f"known: {name}: {what}; {mine[name].status}  # {known[name].reason}")
     for name, what in verdict.tolerated:
         print(f"tolerated: {name}: {what}, only in test cases gevent marks flaky:")
         print_failure(mine[name], "corolet")
@@ -1103,7 +1121,7 @@ def run(args: argparse.Namespace, root: Path) -> int:
     mine_suite = suites["corolet"]
     known = load_known(known_path(version))
     for suite in suites.values():
-        suite.listed_flaky = {name for name, reason in known.items() if is_flaky(reason)}
+        suite.listed_flaky = {name for name, entry in known.items() if is_flaky(entry)}
         suite.listed_failing = set(known) - suite.listed_flaky
     for name, reason in sorted(mine_suite.not_run.items()):
         print(f"  not run: {name}: {reason}")
@@ -1137,7 +1155,7 @@ def run(args: argparse.Namespace, root: Path) -> int:
             print_failure(first, "corolet, first run")
     passed = sum(r.status in PASSING for r in mine.values())
     not_run = sum(r.status == "not run" for r in mine.values())
-    bad = len(verdict.unexpected) + len(verdict.now_passing) + len(verdict.absent)
+    bad = failures(verdict)
     print(f"gevent: {passed} passed, {bad} failed, {not_run} skipped")
     return 0 if bad == 0 or args.update_known_failures else 1
 

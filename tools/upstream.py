@@ -27,12 +27,16 @@ own run dies are recorded as ``crash``. A file that fails to import counts each 
 (found by reading its source) as an error. Upstream 3.5.6 marks no test as flaky-and-retryable
 (its one "flaky" note is a ``skipIf`` for manylinux on 3.13), so nothing is retried.
 
-Known failures live in ``tools/upstream-known-failures/<major.minor>.txt``, one test id
-(``test_file.Class.test_name  # reason``) a line. The run fails on any failure, error, crash or
-unexpected success outside the list, and also on a listed test that passes or does not exist:
-the list only ever shrinks by hand. ``--update-known-failures`` rewrites the entries of the
-selected files from this run (keeping reasons, new ones get "TODO: investigate") and keeps the
-comment header; comments between entries are not kept.
+Known failures live in ``tools/upstream-known-failures/<major.minor>.txt``, one test id a line
+with how it is expected to fail and why: ``test_file.Class.test_name  fail: text  # reason``
+(the format is ``tools/_known.py``'s; the outcome is ``fail``, ``error``, ``crash`` or
+``unexpected-success``, and the optional text must occur in the failure's exception line or
+traceback). The run fails on any failure, error, crash or unexpected success outside the list,
+on a listed test that fails otherwise than its entry says (a crash where an assertion was
+expected), and on a listed test that passes or does not exist: the list only ever shrinks by
+hand. ``--update-known-failures`` rewrites the entries of the selected files from this run
+(keeping reasons and expectations that still hold, new ones get "TODO: investigate") and keeps
+the comment header; comments between entries are not kept.
 
 ``test_version.py`` compares ``greenlet.__version__`` with greenlet's ``setup.py``; corolet's
 version is its own, so in corolet mode that file is reported as skipped without being run.
@@ -56,6 +60,9 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import _known
+from _known import Entry, KnownListError
 
 GREENLET_VERSION = "3.5.6"
 SDIST_NAME = f"greenlet-{GREENLET_VERSION}.tar.gz"
@@ -145,6 +152,8 @@ STATUS_WORDS = {
 # so the failure report's traceback replaces the bare progress word.
 RANK = ["ok", "expected failure", "skipped", "unexpected success", "fail", "error", "crash"]
 FAILING = {"unexpected success", "fail", "error", "crash"}
+# How a known-failure entry names each failing status (one word each).
+OUTCOMES = frozenset(status.replace(" ", "-") for status in FAILING)
 PASSING = {"ok", "expected failure"}
 
 DESC = (
@@ -208,6 +217,8 @@ class Setup:
 class Verdict:
     unexpected: list[Result] = field(default_factory=list)
     known: list[Result] = field(default_factory=list)
+    # Listed tests that failed otherwise than their entry says: they fail the run.
+    mismatched: list[tuple[Result, Entry]] = field(default_factory=list)
     now_passing: list[str] = field(default_factory=list)
     absent: list[str] = field(default_factory=list)
 
@@ -521,68 +532,77 @@ def known_path(version: str) -> Path:
     return KNOWN_DIR / f"{version}.txt"
 
 
-def load_known(path: Path) -> dict[str, str]:
-    known: dict[str, str] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            tid, _, reason = line.partition("#")
-            if tid.strip():
-                known[tid.strip()] = reason.strip()
-    return known
+def load_known(path: Path) -> dict[str, Entry]:
+    try:
+        return _known.load(path, OUTCOMES)
+    except KnownListError as error:
+        raise SetupError(str(error)) from None
 
 
-def write_known(path: Path, known: dict[str, str]) -> None:
+def write_known(path: Path, known: dict[str, Entry]) -> None:
     """Rewrite the entries, keeping the comment header (every line before the first entry)."""
-    header: list[str] = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.partition("#")[0].strip():
-                break
-            header.append(line)
-    else:
-        header = [
-            f"# Upstream tests corolet fails on Python {path.stem}. See tools/upstream.py.",
-            "",
-        ]
-    width = max((len(tid) for tid in known), default=0)
-    entries = [f"{tid.ljust(width)}  # {known[tid]}" for tid in sorted(known)]
-    path.write_text("\n".join(header + entries) + "\n")
+    default = [f"# Upstream tests corolet fails on Python {path.stem}. See tools/upstream.py.", ""]
+    _known.write(path, known, default)
+
+
+def outcome_word(result: Result) -> str:
+    return result.status.replace(" ", "-")
+
+
+def report_text(result: Result) -> str:
+    """What an entry's text is looked for in: the exception line and the traceback."""
+    return f"{result.detail}\n{result.traceback}"
 
 
 def file_of(tid: str) -> str:
     return tid.split(".")[0] + ".py"
 
 
-def judge(results: dict[str, Result], known: dict[str, str], files: set[str]) -> Verdict:
+def judge(results: dict[str, Result], known: dict[str, Entry], files: set[str]) -> Verdict:
     verdict = Verdict()
     for result in results.values():
         if result.status in FAILING:
-            (verdict.known if result.id in known else verdict.unexpected).append(result)
+            entry = known.get(result.id)
+            if entry is None:
+                verdict.unexpected.append(result)
+            elif entry.expects(outcome_word(result), report_text(result)):
+                verdict.known.append(result)
+            else:
+                verdict.mismatched.append((result, entry))
         elif result.status in PASSING and result.id in known:
             verdict.now_passing.append(result.id)
     verdict.absent = [t for t in known if file_of(t) in files and t not in results]
     return verdict
 
 
+def fails_the_run(verdict: Verdict) -> bool:
+    return bool(verdict.unexpected or verdict.mismatched or verdict.now_passing or verdict.absent)
+
+
 def updated_known(
-    results: dict[str, Result], known: dict[str, str], files: set[str]
-) -> dict[str, str]:
+    results: dict[str, Result], known: dict[str, Entry], files: set[str]
+) -> dict[str, Entry]:
     """The list after this run: unselected files' and skipped tests' entries stay as they were."""
 
     def untouched(tid: str) -> bool:
         return file_of(tid) not in files or (tid in results and results[tid].status == "skipped")
 
-    kept = {tid: reason for tid, reason in known.items() if untouched(tid)}
+    kept = {tid: entry for tid, entry in known.items() if untouched(tid)}
     for result in results.values():
         if result.status in FAILING:
-            kept[result.id] = known.get(result.id, NEW_REASON)
+            old = known.get(result.id)
+            if old is not None and old.expects(outcome_word(result), report_text(result)):
+                kept[result.id] = old
+            else:
+                reason = old.reason if old is not None else NEW_REASON
+                kept[result.id] = Entry(result.id, (outcome_word(result),), reason=reason)
     return kept
 
 
 # ---------------------------------------------------------------- report
 
 
-def table_row(name: str, results: list[Result], known: dict[str, str], seconds: float) -> list:
+def table_row(name: str, results: list[Result], known: dict[str, Entry], seconds: float) -> list:
     def count(statuses: set[str], listed: bool = False) -> int:
         return sum(r.status in statuses and (r.id in known) == listed for r in results)
 
@@ -609,23 +629,35 @@ def print_table(rows: list[list]) -> None:
         print("  ".join(cells))
 
 
-def print_verdict(verdict: Verdict, known: dict[str, str]) -> None:
+def print_result(result: Result) -> None:
+    print(f"{result.status.upper()}: {result.id}: {result.detail}")
+    if result.status == "crash":
+        own_output = result.traceback.rpartition(" ... ")[2]
+        for line in own_output.strip().splitlines()[:CRASH_LINES]:
+            print(f"    {line}")
+
+
+def print_verdict(verdict: Verdict, known: dict[str, Entry]) -> None:
     for result in sorted(verdict.unexpected, key=lambda r: r.id):
-        print(f"{result.status.upper()}: {result.id}: {result.detail}")
-        if result.status == "crash":
-            own_output = result.traceback.rpartition(" ... ")[2]
-            for line in own_output.strip().splitlines()[:CRASH_LINES]:
-                print(f"    {line}")
+        print_result(result)
+    for result, entry in sorted(verdict.mismatched, key=lambda pair: pair[0].id):
+        print_result(result)
+        print(f"    listed, but as failing with {entry.expectation}  # {entry.reason}")
     for result in sorted(verdict.known, key=lambda r: r.id):
-        print(f"known {result.status}: {result.id}  # {known[result.id]}")
+        print(f"known {result.status}: {result.id}  # {known[result.id].reason}")
     for tid in sorted(verdict.now_passing):
         print(f"now passes, remove it from the list: {tid}")
     for tid in sorted(verdict.absent):
         print(f"listed but not found in this run, fix or remove it: {tid}")
 
 
-def write_json(path: Path, setup: Setup, results: dict[str, Result], known: dict[str, str]) -> None:
-    tests = [dict(asdict(r), known_reason=known.get(r.id)) for r in results.values()]
+def write_json(
+    path: Path, setup: Setup, results: dict[str, Result], known: dict[str, Entry]
+) -> None:
+    def reason(tid: str) -> str | None:
+        return known[tid].reason if tid in known else None
+
+    tests = [dict(asdict(r), known_reason=reason(r.id)) for r in results.values()]
     data = {"impl": setup.impl, "python": setup.python, "version": setup.version, "tests": tests}
     path.write_text(json.dumps(data, indent=2) + "\n")
 
@@ -691,9 +723,9 @@ def run(args: argparse.Namespace, root: Path) -> int:
     print_verdict(verdict, known)
     passed = sum(r.status in PASSING for r in results.values())
     skipped = sum(r.status == "skipped" for r in results.values())
-    print(f"{passed} passed, {len(verdict.unexpected)} failed, {skipped} skipped")
-    clean = not (verdict.unexpected or verdict.now_passing or verdict.absent)
-    return 0 if clean or args.update_known_failures else 1
+    failed = len(verdict.unexpected) + len(verdict.mismatched)
+    print(f"{passed} passed, {failed} failed, {skipped} skipped")
+    return 1 if fails_the_run(verdict) and not args.update_known_failures else 0
 
 
 def main(argv: list[str] | None = None) -> int:
