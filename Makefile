@@ -21,6 +21,7 @@ SID_PYS ?= /usr/bin/python3.14 /usr/bin/python3.15
 export CARGO_TARGET_DIR := $(CARGO_TARGET)
 
 .PHONY: demo test test-all test-pys test-sid-chroot test-sid sid-chroot venv build cargo-test lint pytest upstream gevent \
+        greenback \
         bench-fast bench valgrind clean
 
 $(VENV)/.stamp: tests/requirements.txt
@@ -63,6 +64,10 @@ pytest: build
 upstream: build
 	$(VPY) tools/upstream.py --python $(VPY)
 
+# greenback 1.3's own suite against corolet.portal (asyncio and Trio); sdist cached in .cache/.
+greenback: build
+	$(VPY) tools/greenback_suite.py --python $(VPY)
+
 # gevent's own suite on corolet, compared with gevent on greenlet; makes .venv-gevent-*-$(PYVER).
 gevent: build
 	$(VPY) tools/gevent_suite.py --python $(VPY)
@@ -85,7 +90,7 @@ bench: build
 	$(VPY) benches/bench_orm.py
 	$(VPY) benches/bench_gevent.py
 
-test: build cargo-test lint pytest upstream bench-fast gevent
+test: build cargo-test lint pytest upstream greenback bench-fast gevent
 
 # The pyenv interpreters and the chroot's run side by side (two streams of mostly
 # single-threaded work on CI's two cores), their output interleaved line by line.
