@@ -93,6 +93,7 @@ def _step_coroutine(coro: Coroutine[Any, Any, Any], value: Any) -> NoReturn:
             step = throw
         else:
             step = send
+        del yielded  # not kept alive while the coroutine runs its next step
 
 
 def _call_sync(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> NoReturn:
@@ -397,6 +398,7 @@ def await_(aw: Awaitable[_T]) -> _T:
             step = throw
         else:
             step = send
+        del yielded
 
 
 def _steppers(aw: Any) -> tuple[Callable[[Any], Any], Callable[[BaseException], Any]]:
