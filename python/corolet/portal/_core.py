@@ -24,8 +24,9 @@ other object is an awaitable sent by the greenlet bridge protocol (``await_only`
 SQLAlchemy or ``corolet.bridge``: P carries ``__sqlalchemy_greenlet_provider__`` and its parent
 is the driver, so they switch the awaitable to it); the portal then awaits it in a helper
 greenlet under P, which hands P the result (or raises in P) when done, as the protocol wants.
-P ends by raising: ``StopIteration`` carries the inner coroutine's result, any other exception
-is the coroutine's (or the sync function's) and leaves ``send``/``throw`` unchanged.
+When the job is done P ends, its last message (its return value) a ``_Done`` holding the
+outcome: the driver raises ``StopIteration(result)`` for the coroutine's result, or the
+coroutine's (or sync function's) exception, unchanged, from ``send``/``throw``.
 
 Invariants
 ----------
@@ -40,6 +41,9 @@ Invariants
 - ``close()`` raises ``GeneratorExit`` wherever the task is suspended, again at each ``await_``
   that sync code reaches while unwinding, until P has finished.
 - No object's memory is written: the coroutine is replaced only through the loop's own hooks.
+- No frame of P's own code refers to P (it asks ``getcurrent()`` when it needs itself): the
+  garbage collector cannot break a cycle through a suspended greenlet's frames, so such a
+  reference would keep an abandoned portal alive forever.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from functools import partial
 from inspect import CO_ITERABLE_COROUTINE
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 from corolet._corolet import GreenletExit, getcurrent, greenlet
 
@@ -73,21 +77,57 @@ class _Detach(BaseException):
     """Thrown into P to end its stepping loop without touching the coroutine."""
 
 
-def _step_coroutine(coro: Coroutine[Any, Any, Any], value: Any) -> NoReturn:
-    """P's run: step ``coro`` until it finishes (StopIteration) or raises."""
-    me = getcurrent()
+class _Done:
+    """P's last message for a job: its outcome, which the driver takes out (so that an idle
+    P, whose frame still holds this object, keeps nothing alive)."""
+
+    __slots__ = ("result", "error")
+
+    def __init__(self) -> None:
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def take(self) -> tuple[Any, BaseException | None]:
+        result, error = self.result, self.error
+        self.result = self.error = None
+        return result, error
+
+
+def _portal_main(job: Any, value: Any) -> _Done:
+    """P's run: do the job (step a coroutine to its end, or call a sync function) and end,
+    handing the outcome to the driver in a _Done (P's return value goes to its parent)."""
+    # No local names this greenlet: a greenlet its own suspended frame refers to is a cycle
+    # the garbage collector does not break, so an abandoned P would never be freed.
+    done = _Done()
+    try:
+        if type(job) is tuple:
+            done.result = _call_sync(*job)
+        else:
+            done.result = _step_coroutine(job, value)
+    except GreenletExit:
+        raise  # killed: nothing to report
+    except BaseException as exc:
+        done.error = exc
+    return done
+
+
+def _step_coroutine(coro: Coroutine[Any, Any, Any], value: Any) -> Any:
+    """Step ``coro`` until it finishes; its result, or its exception raised."""
     send = coro.send
     throw = coro.throw
     step: Callable[[Any], Any] = send
     while True:
-        yielded = step(value)
         try:
-            value = me.parent.switch(yielded, None)
+            yielded = step(value)
+        except StopIteration as stop:
+            return stop.value
+        try:
+            value = getcurrent().parent.switch(yielded, None)
         except (GeneratorExit, GreenletExit):
             coro.close()  # raises RuntimeError if the coroutine ignores it
             raise
         except _Detach:
-            raise StopIteration(None) from None
+            return None  # the coroutine stays suspended; the loop steps it from now on
         except BaseException as exc:
             value = exc
             step = throw
@@ -96,14 +136,11 @@ def _step_coroutine(coro: Coroutine[Any, Any, Any], value: Any) -> NoReturn:
         del yielded  # not kept alive while the coroutine runs its next step
 
 
-def _call_sync(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> NoReturn:
-    """P's run for ``with_portal_run_sync``: the result leaves as StopIteration, like a
-    coroutine's, so that no return value can be mistaken for a message."""
+def _call_sync(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     try:
-        result = fn(*args, **kwargs)
-    except StopIteration as exc:
+        return fn(*args, **kwargs)
+    except StopIteration as exc:  # would read as the end of the awaiting coroutine
         raise RuntimeError(f"{fn!r} raised StopIteration") from exc
-    raise StopIteration(result)
 
 
 _NOT_STARTED = 0
@@ -163,7 +200,7 @@ class Portal(Coroutine[Any, Any, Any]):
             yielded, resume = message
             self._resume = resume or self._greenlet
             return yielded
-        return self._bridge(message)
+        return self._handle(message)
 
     __next__ = send
 
@@ -202,15 +239,15 @@ class Portal(Coroutine[Any, Any, Any]):
         while self._resume is not None:
             try:
                 message = self._resume.throw(exit_)
-            except GeneratorExit:
-                self._finish()
-                return
-            except StopIteration:
-                self._finish()
-                raise RuntimeError("coroutine ignored GeneratorExit") from None
             except BaseException:
                 self._finish()
                 raise
+            if type(message) is _Done:
+                _, error = message.take()
+                self._finish()
+                if error is not None and not isinstance(error, GeneratorExit):
+                    raise error
+                return
             if type(message) is tuple:
                 self._resume = message[1] or self._greenlet
             else:  # an awaitable offered by the bridge protocol: nothing can be awaited now
@@ -285,7 +322,7 @@ class Portal(Coroutine[Any, Any, Any]):
                 self._finish()
                 raise
         driver = getcurrent()
-        portal = PortalGreenlet(_step_coroutine if coro is not None else _call_sync, driver)
+        portal = PortalGreenlet(_portal_main, driver)
         context = driver.gr_context
         if context is None:
             import contextvars
@@ -297,11 +334,7 @@ class Portal(Coroutine[Any, Any, Any]):
         self._driver = driver
         self._state = _RUNNING
         try:
-            if coro is not None:
-                message = portal.switch(coro, value)
-            else:
-                assert self._sync is not None
-                message = portal.switch(*self._sync)
+            message = portal.switch(coro if coro is not None else self._sync, value)
         except BaseException:
             self._finish()
             raise
@@ -312,6 +345,12 @@ class Portal(Coroutine[Any, Any, Any]):
             yielded, resume = message
             self._resume = resume or self._greenlet
             return yielded
+        if type(message) is _Done:
+            result, error = message.take()
+            self._finish()
+            if error is not None:
+                raise error
+            raise StopIteration(result)
         return self._bridge(message)
 
     def _bridge(self, awaitable: Any) -> Any:
@@ -338,15 +377,14 @@ class Portal(Coroutine[Any, Any, Any]):
         self._sync = None
 
     def detach(self) -> None:
-        """End the portal's greenlet, leaving the coroutine suspended where it is, to be
-        stepped directly from now on. Only between steps, when no ``await_`` is pending."""
+        """End the portal's job, leaving the coroutine suspended where it is, to be stepped
+        directly from now on. Only between steps, when no ``await_`` is pending."""
         portal = self._greenlet
         if portal is not None and self._resume is portal and not portal.dead:
             self._rebind()
-            try:
-                portal.throw(_Detach())
-            except StopIteration:
-                pass
+            message = portal.throw(_Detach())
+            assert type(message) is _Done, message
+            message.take()
         self._finish()
         self._coro = None
 
@@ -371,12 +409,17 @@ def _exception(typ: Any, val: Any, tb: Any) -> BaseException:
 def await_(aw: Awaitable[_T]) -> _T:
     """Wait for ``aw`` from synchronous code in a task that has a portal; return its result or
     raise its exception, as ``await aw`` would in async code."""
-    current = getcurrent()
-    portal = current
-    while type(portal) is not PortalGreenlet:
-        portal = portal.parent
-        if portal is None:
-            return _no_portal(aw, current)
+    current: greenlet | None = getcurrent()
+    portal: greenlet | None = None
+    if type(current) is PortalGreenlet:
+        current = None  # "resume the portal itself", and no reference to it from this frame
+    else:
+        assert current is not None
+        portal = current.parent
+        while type(portal) is not PortalGreenlet:
+            if portal is None:
+                return _no_portal(aw, getcurrent())
+            portal = portal.parent
     if type(aw) is _CoroutineType or (
         type(aw) is _GeneratorType and aw.gi_code.co_flags & CO_ITERABLE_COROUTINE  # type: ignore[attr-defined]
     ):
@@ -392,13 +435,14 @@ def await_(aw: Awaitable[_T]) -> _T:
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
         try:
-            value = portal.parent.switch(yielded, current)
+            hub = getcurrent() if portal is None else portal
+            value = hub.parent.switch(yielded, current)
         except BaseException as exc:
             value = exc
             step = throw
         else:
             step = send
-        del yielded
+        del yielded, hub
 
 
 def _steppers(aw: Any) -> tuple[Callable[[Any], Any], Callable[[BaseException], Any]]:
