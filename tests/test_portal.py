@@ -513,3 +513,28 @@ def test_trio_install_gives_every_new_task_a_portal():
 
     trio.run(main)
     assert seen == [True] * 5
+
+
+def test_an_abandoned_portal_unwinds_its_task_and_frees_its_greenlet():
+    events = []
+
+    def sync_wait():
+        try:
+            await_(asyncio.sleep(10))
+        finally:
+            events.append("finally")
+
+    async def body():
+        sync_wait()
+
+    async def main():
+        abandoned = portal.Portal(body())
+        future = abandoned.send(None)  # one step by hand: now suspended in await_
+        assert isinstance(future, asyncio.Future) and events == []
+        del abandoned  # never stepped again, never closed
+        gc.collect()
+        future.cancel()
+
+    asyncio.run(main())
+    assert events == ["finally"]
+    assert _count(portal.PortalGreenlet) == 0

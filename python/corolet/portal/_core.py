@@ -435,14 +435,13 @@ def await_(aw: Awaitable[_T]) -> _T:
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
         try:
-            hub = getcurrent() if portal is None else portal
-            value = hub.parent.switch(yielded, current)
+            value = (getcurrent() if portal is None else portal).parent.switch(yielded, current)
         except BaseException as exc:
             value = exc
             step = throw
         else:
             step = send
-        del yielded, hub
+        del yielded
 
 
 def _steppers(aw: Any) -> tuple[Callable[[Any], Any], Callable[[BaseException], Any]]:
