@@ -52,11 +52,14 @@ demo: build $(GREENLET_VENV)/.stamp
 cargo-test:
 	PYO3_PYTHON=$(PYTHON) cargo test --release --quiet
 
-lint: venv
+lint: build
 	cargo fmt --check
 	PYO3_PYTHON=$(PYTHON) cargo clippy --release --quiet --all-targets -- -D warnings
 	$(VENV)/bin/ruff check python tests benches examples tools
 	$(VENV)/bin/ruff format --check python tests benches examples tools
+	# Static types: the Python layer strictly, and the stub against the compiled module.
+	$(VENV)/bin/mypy --strict --cache-dir=$(CARGO_TARGET)/mypy -p corolet.portal -p corolet.bridge
+	$(VENV)/bin/python -m mypy.stubtest corolet._corolet
 
 pytest: build
 	$(VPY) -m pytest -q tests

@@ -106,7 +106,7 @@ def await_only(awaitable: Awaitable[_T]) -> _T:
         # Not kept in this frame while suspended: a greenlet referenced from its own suspended
         # frame is a cycle the garbage collector cannot see through (greenlet's does not either).
         del current
-        return driver.switch(awaitable)  # type: ignore[no-any-return]
+        return driver.switch(awaitable)  # type: ignore[no-any-return,union-attr]
     _close_unawaited(awaitable)
     raise MissingGreenlet(_diagnose(current, awaitable, sys._getframe(1)))
 

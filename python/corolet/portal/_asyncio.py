@@ -78,7 +78,7 @@ def install(loop: asyncio.AbstractEventLoop | None = None, *, eager: bool = True
     if isinstance(current, PortalTaskFactory):
         current.eager = eager
         return
-    loop.set_task_factory(PortalTaskFactory(current, eager))  # type: ignore[arg-type]
+    loop.set_task_factory(PortalTaskFactory(current, eager))
 
 
 def uninstall(loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -86,7 +86,7 @@ def uninstall(loop: asyncio.AbstractEventLoop | None = None) -> None:
     loop = loop if loop is not None else asyncio.get_running_loop()
     current = loop.get_task_factory()
     if isinstance(current, PortalTaskFactory):
-        loop.set_task_factory(current.chained)  # type: ignore[arg-type]
+        loop.set_task_factory(current.chained)
 
 
 def _running_trio() -> bool:

@@ -52,7 +52,7 @@ import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from functools import partial
 from inspect import CO_ITERABLE_COROUTINE
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from corolet._corolet import GreenletExit, getcurrent, greenlet
 
@@ -122,7 +122,7 @@ def _step_coroutine(coro: Coroutine[Any, Any, Any], value: Any) -> Any:
         except StopIteration as stop:
             return stop.value
         try:
-            value = getcurrent().parent.switch(yielded, None)
+            value = getcurrent().parent.switch(yielded, None)  # type: ignore[union-attr]
         except (GeneratorExit, GreenletExit):
             coro.close()  # raises RuntimeError if the coroutine ignores it
             raise
@@ -256,7 +256,7 @@ class Portal(Coroutine[Any, Any, Any]):
                 self._resume = self._greenlet
 
     def __await__(self) -> Generator[Any, Any, Any]:
-        return self  # type: ignore[return-value]
+        return self
 
     def __iter__(self) -> Portal:
         return self
@@ -418,13 +418,15 @@ def await_(aw: Awaitable[_T]) -> _T:
         portal = current.parent
         while type(portal) is not PortalGreenlet:
             if portal is None:
-                return _no_portal(aw, getcurrent())
+                return cast(_T, _no_portal(aw, getcurrent()))
             portal = portal.parent
-    if type(aw) is _CoroutineType or (
-        type(aw) is _GeneratorType and aw.gi_code.co_flags & CO_ITERABLE_COROUTINE  # type: ignore[attr-defined]
+    native: Any = aw
+    kind: type = type(native)
+    if kind is _CoroutineType or (
+        kind is _GeneratorType and native.gi_code.co_flags & CO_ITERABLE_COROUTINE
     ):
-        send: Callable[[Any], Any] = aw.send  # type: ignore[attr-defined]
-        throw: Callable[[BaseException], Any] = aw.throw  # type: ignore[attr-defined]
+        send: Callable[[Any], Any] = native.send
+        throw: Callable[[BaseException], Any] = native.throw
     else:
         send, throw = _steppers(aw)
     value: Any = None
@@ -435,7 +437,9 @@ def await_(aw: Awaitable[_T]) -> _T:
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
         try:
-            value = (getcurrent() if portal is None else portal).parent.switch(yielded, current)
+            value = (getcurrent() if portal is None else portal).parent.switch(  # type: ignore[union-attr]
+                yielded, current
+            )
         except BaseException as exc:
             value = exc
             step = throw
@@ -481,7 +485,7 @@ def _foreign_throw(iterator: Any, exc: BaseException) -> Any:
 def _no_portal(aw: Any, current: greenlet) -> Any:
     if getattr(current, "__sqlalchemy_greenlet_provider__", False):
         # A spawned greenlet of a bridge (greenlet_spawn): its driver awaits for us.
-        return current.parent.switch(aw)
+        return current.parent.switch(aw)  # type: ignore[union-attr]
     from corolet.portal._tasks import no_portal_error
 
     try:

@@ -60,12 +60,14 @@ def current_async_library() -> str:
     try:
         import sniffio
     except ImportError:
-        sniffio = None
-    if sniffio is not None:
-        try:
-            return str(sniffio.current_async_library())
-        except sniffio.AsyncLibraryNotFoundError:
-            raise _no_library_error(sniffio.AsyncLibraryNotFoundError) from None
+        return _library_without_sniffio()
+    try:
+        return str(sniffio.current_async_library())
+    except sniffio.AsyncLibraryNotFoundError:
+        raise _no_library_error(sniffio.AsyncLibraryNotFoundError) from None
+
+
+def _library_without_sniffio() -> str:
     trio = sys.modules.get("trio")
     if trio is not None:
         try:
@@ -166,7 +168,7 @@ def bestow_portal(task: Any) -> None:
         raise PortalError(f"corolet.portal: {task!r} is done; it can get no portal")
     if hasattr(type(task), "_coro") and not _is_c_task(task):
         # The pure-Python task keeps its coroutine in a plain attribute.
-        task._coro = Portal(task.get_coro())  # type: ignore[attr-defined]
+        task._coro = Portal(task.get_coro())  # type: ignore[attr-defined,arg-type]
         return
     raise PortalError(
         f"corolet.portal cannot give {task!r} a portal: the task was created before "

@@ -92,7 +92,7 @@ def portals_for_children() -> Iterator[None]:
     instrument = holder.get()
     if instrument is None:
         instrument = AutoPortalInstrument()
-        trio.lowlevel.add_instrument(instrument)
+        trio.lowlevel.add_instrument(instrument)  # type: ignore[arg-type]
         holder.set(instrument)
     elif instrument.every_task or task in instrument.tasks:
         yield  # an enclosing scope already covers this task's children
@@ -128,7 +128,7 @@ async def portals_for_tree() -> AsyncIterator[None]:
             await trio.lowlevel.cancel_shielded_checkpoint()
             yield
         finally:
-            if new and type(portal) is Portal and task.coro is portal and own is None:
+            if new and isinstance(portal, Portal) and task.coro is portal and own is None:
                 # Hand the task its coroutine back: after this checkpoint Trio steps it
                 # directly, and the portal's greenlet can end.
                 task.coro = original
@@ -160,7 +160,7 @@ def install_for_trio() -> None:
     if instrument is None:
         instrument = AutoPortalInstrument(every_task=True)
         instrument.refs = 1
-        trio.lowlevel.add_instrument(instrument)
+        trio.lowlevel.add_instrument(instrument)  # type: ignore[arg-type]
         holder.set(instrument)
     else:
         instrument.every_task = True

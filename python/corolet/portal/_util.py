@@ -97,6 +97,7 @@ class async_iter(Generic[_T]):
     ``send``, ``throw`` and ``close``, so ``yield from`` passes them through."""
 
     __slots__ = ("_it",)
+    _it: Any
 
     def __new__(cls, iterable: AsyncIterable[_T]) -> async_iter[_T]:
         aiter = getattr(type(iterable), "__aiter__", None)
