@@ -83,6 +83,7 @@ bench-fast: build
 	$(VPY) benches/bench_inout.py --fast
 	$(VPY) benches/bench_orm.py --fast
 	$(VPY) benches/bench_gevent.py --fast
+	$(VPY) benches/bench_portal.py --fast
 
 bench: build
 	PYO3_PYTHON=$(PYTHON) cargo bench --bench core
@@ -92,6 +93,7 @@ bench: build
 	$(VPY) benches/bench_inout.py
 	$(VPY) benches/bench_orm.py
 	$(VPY) benches/bench_gevent.py
+	$(VPY) benches/bench_portal.py
 
 test: build cargo-test lint pytest upstream greenback bench-fast gevent
 
