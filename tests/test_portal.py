@@ -538,3 +538,15 @@ def test_an_abandoned_portal_unwinds_its_task_and_frees_its_greenlet():
     asyncio.run(main())
     assert events == ["finally"]
     assert _count(portal.PortalGreenlet) == 0
+
+
+def test_ensure_portal_in_a_pure_python_asyncio_task_replaces_its_coroutine_attribute():
+    async def body():
+        await portal.ensure_portal()  # the task's _coro is a plain attribute: no install needed
+        return await_(_later("pure-Python task"))
+
+    async def main():
+        task = asyncio.tasks._PyTask(body())
+        return await task
+
+    assert asyncio.run(main()) == "pure-Python task"

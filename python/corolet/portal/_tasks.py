@@ -31,12 +31,9 @@ from __future__ import annotations
 import sys
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from corolet.portal._core import Portal, PortalError, PortalGreenlet, in_portal
-
-if TYPE_CHECKING:
-    import asyncio
 
 _T = TypeVar("_T")
 
@@ -162,25 +159,20 @@ def bestow_portal(task: Any) -> None:
         return
     import asyncio
 
-    if not isinstance(task, asyncio.Task):
+    if not (asyncio.isfuture(task) and hasattr(task, "get_coro")):
         raise TypeError(f"bestow_portal() needs an asyncio or Trio task, not {task!r}")
     if task.done():
         raise PortalError(f"corolet.portal: {task!r} is done; it can get no portal")
-    if hasattr(type(task), "_coro") and not _is_c_task(task):
-        # The pure-Python task keeps its coroutine in a plain attribute.
-        task._coro = Portal(task.get_coro())  # type: ignore[attr-defined,arg-type]
+    if "_coro" in getattr(task, "__dict__", ()):
+        # A pure-Python task (asyncio.tasks._PyTask) keeps its coroutine in a plain attribute.
+        inner: Any = task.get_coro()  # its type differs between typeshed versions
+        task._coro = Portal(inner)  # type: ignore[attr-defined]
         return
     raise PortalError(
         f"corolet.portal cannot give {task!r} a portal: the task was created before "
         "corolet.portal.install() on its loop, and an asyncio task's coroutine cannot be "
         "replaced without writing into the task object's memory (greenback does that with "
         "ctypes; corolet does not). Fix: " + _FIX + "."
-    )
-
-
-def _is_c_task(task: asyncio.Task[Any]) -> bool:
-    return type(task).__module__ == "_asyncio" or any(
-        cls.__module__ == "_asyncio" for cls in type(task).__mro__
     )
 
 
