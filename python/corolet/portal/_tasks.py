@@ -61,10 +61,11 @@ def current_async_library() -> str:
     try:
         return str(sniffio.current_async_library())
     except sniffio.AsyncLibraryNotFoundError:
-        raise _no_library_error(sniffio.AsyncLibraryNotFoundError) from None
+        # sniffio finds asyncio through asyncio.current_task(); a running loop says more.
+        return _library_without_sniffio(sniffio.AsyncLibraryNotFoundError)
 
 
-def _library_without_sniffio() -> str:
+def _library_without_sniffio(base: Any = None) -> str:
     trio = sys.modules.get("trio")
     if trio is not None:
         try:
@@ -76,7 +77,7 @@ def _library_without_sniffio() -> str:
 
     if asyncio._get_running_loop() is not None:
         return "asyncio"
-    raise _no_library_error(None)
+    raise _no_library_error(base)
 
 
 _error_types: dict[Any, type[PortalError]] = {}
