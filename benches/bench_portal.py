@@ -351,8 +351,9 @@ def table(rows: list[dict], header: str) -> str:
 def parent(args: argparse.Namespace) -> int:
     started = time.monotonic()
     settings = SimpleNamespace(**vars(FAST if args.fast else FULL))
-    if args.rounds is not None:
-        settings.rounds = args.rounds
+    for key in ("rounds", "repeats", "scale"):
+        if getattr(args, key) is not None:
+            setattr(settings, key, getattr(args, key))
     cpu = args.cpu if args.cpu is not None else common.default_cpu()
     python = sys.executable
     env = common.probe(python, "corolet")
@@ -403,8 +404,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--workload", action="append", choices=WORKLOADS, help="repeatable")
     p.add_argument("--rounds", type=int, help="alternating corolet/greenback rounds")
-    p.add_argument("--repeats", type=int, default=FULL.repeats, help="timed runs per side")
-    p.add_argument("--scale", type=float, default=FULL.scale, help="workload size factor")
+    p.add_argument("--repeats", type=int, help="timed runs per side (default 5; --fast: 1)")
+    p.add_argument("--scale", type=float, help="workload size factor (default 1; --fast: 0.05)")
     p.add_argument("--cpu", type=int, help="CPU to pin the workers to (default: the last)")
     p.add_argument("--worker", choices=IMPLS, help="internal: time one workload, print JSON")
     return p.parse_args(argv)
@@ -417,7 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.workload or len(args.workload) != 1:
         common.log("--worker needs exactly one --workload")
         return 2
-    result = worker(args.worker, args.workload[0], args.repeats, args.scale, args.cpu)
+    repeats = args.repeats if args.repeats is not None else FULL.repeats
+    scale = args.scale if args.scale is not None else FULL.scale
+    result = worker(args.worker, args.workload[0], repeats, scale, args.cpu)
     print(json.dumps(result))
     return 0
 
