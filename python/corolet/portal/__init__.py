@@ -23,8 +23,9 @@ A portal's greenlet is a spawned greenlet in SQLAlchemy's sense
 with ``install()``, a lazy load in plain async code under ``AsyncSession`` runs instead of
 raising ``MissingGreenlet``.
 
-How: a task's coroutine is wrapped in a ``Portal`` (``_core.py``) whose steps run in a greenlet,
-two switches per step; nothing writes into any object's memory. An asyncio task that was created
+How: a task's coroutine is wrapped in a ``Portal`` (``_core.py``) whose steps run in a
+greenlet, two switches per step (``await_`` is in ``_await.py``); nothing writes into any
+object's memory. An asyncio task that was created
 before ``install()`` therefore cannot get a portal (its C coroutine slot is read-only), and
 ``ensure_portal()`` there raises :class:`PortalError` naming the fix.
 """
@@ -38,7 +39,8 @@ from corolet.portal._asyncio import (
     run,
     uninstall,
 )
-from corolet.portal._core import Portal, PortalError, PortalGreenlet, await_, in_portal
+from corolet.portal._await import PortalError, PortalGreenlet, await_, in_portal
+from corolet.portal._core import Portal
 from corolet.portal._tasks import (
     TaskPortals,
     bestow_portal,

@@ -33,7 +33,8 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from typing import Any, TypeVar
 
-from corolet.portal._core import Portal, PortalError, PortalGreenlet, in_portal
+from corolet.portal._await import PortalError, PortalGreenlet, in_portal
+from corolet.portal._core import Portal
 
 _T = TypeVar("_T")
 

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Generic, TypeVar, cast
 
-from corolet.portal._core import await_
+from corolet.portal._await import await_
 from corolet.portal._tasks import with_portal_run_sync
 
 _T = TypeVar("_T")
