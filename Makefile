@@ -24,6 +24,7 @@ SID_PYS ?= /usr/bin/python3.14 /usr/bin/python3.15
 export CARGO_TARGET_DIR := $(CARGO_TARGET)
 
 .PHONY: demo test test-all test-pys test-sid-chroot test-sid sid-chroot venv build cargo-test lint pytest upstream gevent \
+        greenback \
         bench-fast bench valgrind clean pytest-greenlet fuzz fuzz-fast mutate
 
 $(VENV)/.stamp: tests/requirements.txt
@@ -54,11 +55,14 @@ demo: build $(GREENLET_VENV)/.stamp
 cargo-test:
 	PYO3_PYTHON=$(PYTHON) cargo test --release --quiet
 
-lint: venv
+lint: build
 	cargo fmt --check
 	PYO3_PYTHON=$(PYTHON) cargo clippy --release --quiet --all-targets -- -D warnings
 	$(VENV)/bin/ruff check python tests benches examples tools
 	$(VENV)/bin/ruff format --check python tests benches examples tools
+	# Static types: the Python layer strictly, and the stub against the compiled module.
+	$(VENV)/bin/mypy --strict --cache-dir=$(CARGO_TARGET)/mypy -p corolet.portal -p corolet.bridge
+	$(VENV)/bin/python -m mypy.stubtest corolet._corolet
 
 pytest: build
 	$(VPY) -m pytest -q tests
@@ -96,6 +100,10 @@ fuzz-fast: build $(GREENLET_VENV)/.stamp
 upstream: build
 	$(VPY) tools/upstream.py --python $(VPY)
 
+# greenback 1.3's own suite against corolet.portal (asyncio and Trio); sdist cached in .cache/.
+greenback: build
+	$(VPY) tools/greenback_suite.py --python $(VPY)
+
 # gevent's own suite on corolet, compared with gevent on greenlet; makes .venv-gevent-*-$(PYVER).
 gevent: build
 	$(VPY) tools/gevent_suite.py --python $(VPY)
@@ -111,6 +119,7 @@ bench-fast: build
 	$(VPY) benches/bench_inout.py --fast
 	$(VPY) benches/bench_orm.py --fast
 	$(VPY) benches/bench_gevent.py --fast
+	$(VPY) benches/bench_portal.py --fast
 
 bench: build
 	PYO3_PYTHON=$(PYTHON) cargo bench --bench core
@@ -120,8 +129,9 @@ bench: build
 	$(VPY) benches/bench_inout.py
 	$(VPY) benches/bench_orm.py
 	$(VPY) benches/bench_gevent.py
+	$(VPY) benches/bench_portal.py
 
-test: build cargo-test lint pytest pytest-greenlet fuzz-fast upstream bench-fast gevent
+test: build cargo-test lint pytest pytest-greenlet fuzz-fast upstream greenback bench-fast gevent
 
 # The pyenv interpreters and the chroot's run side by side (two streams of mostly
 # single-threaded work on CI's two cores), their output interleaved line by line.

@@ -310,6 +310,63 @@ async def scenario_missing_greenlet(db: str) -> None:
     await engine.dispose()
 
 
+async def scenario_portal_lazy_load(db: str) -> None:
+    """corolet.portal: a lazy-loaded relationship touched in plain async code raises
+    MissingGreenlet in a task without a portal, and loads in every task created after
+    corolet.portal.install(), concurrently, in sync helpers too, in the task's context."""
+    import corolet.portal
+
+    engine = make_engine(db)
+    await create_schema(engine)
+    Session = async_sessionmaker(engine, expire_on_commit=False)
+    async with Session() as session, session.begin():
+        for n in range(5):
+            emails = [f"u{n}-{k}@example.org" for k in range(n + 1)]
+            session.add(User(name=f"u{n}", addresses=[Address(email=e) for e in emails]))
+
+    def emails_of(user: User) -> list[str]:  # sync code, deep in a call chain
+        return sorted(address.email for address in user.addresses)
+
+    async def load(n: int) -> tuple[list[str], str | None, bool]:
+        REQUEST_ID.set(f"req-{n}")
+        async with Session() as session:
+            result = await session.execute(select(User).where(User.name == f"u{n}"))
+            user = result.scalar_one()
+            direct = [address.email for address in user.addresses]  # the lazy load
+            assert sorted(direct) == emails_of(user)
+            await asyncio.sleep(0)
+            return emails_of(user), REQUEST_ID.get(), corolet.portal.has_portal()
+
+    try:
+        await asyncio.create_task(load(0))
+    except (MissingGreenlet, StatementError) as exc:  # 2.1 wraps it in a StatementError
+        assert "greenlet_spawn has not been called" in str(exc), exc
+    else:
+        raise AssertionError("a lazy load without a portal raised no MissingGreenlet")
+
+    corolet.portal.install()
+    results = await asyncio.gather(*(asyncio.create_task(load(n)) for n in range(5)))
+    for n, (emails, request_id, portal) in enumerate(results):
+        assert emails == [f"u{n}-{k}@example.org" for k in range(n + 1)], emails
+        assert request_id == f"req-{n}" and portal
+    # SQLAlchemy's own await_ sees a spawned greenlet: the portal's.
+    check = await asyncio.create_task(_in_portal_greenlet())
+    assert check == "PortalGreenlet", check
+    corolet.portal.uninstall()
+    try:
+        await asyncio.create_task(load(1))
+    except (MissingGreenlet, StatementError) as exc:
+        assert "greenlet_spawn has not been called" in str(exc), exc
+    else:
+        raise AssertionError("no MissingGreenlet after uninstall()")
+    await engine.dispose()
+
+
+async def _in_portal_greenlet() -> str:
+    assert sa_await(asyncio.sleep(0, "x")) == "x"
+    return check_greenlet_is_corolets()
+
+
 SCENARIOS = {
     name[len("scenario_") :]: fn for name, fn in globals().items() if name.startswith("scenario_")
 }

@@ -244,6 +244,15 @@ def test_missing_greenlet_on_the_event_loops_own_task_says_so():
     assert message.startswith(PREFIX)
     assert "the event loop's own code" in message and "task 'Task-" in message
     assert "`await` the awaitable directly" in message
+    # corolet.portal is one of the fixes it names, and the fix works.
+    assert "corolet.portal.install()" in message and "corolet.portal.run(main)" in message
+    import corolet.portal
+
+    assert corolet.portal.run(_await_only_value()) == 1
+
+
+async def _await_only_value():
+    return await_only(_value_later(1))  # plain async code in a portal task: fine
 
 
 def test_missing_greenlet_in_a_plain_greenlet_under_a_spawned_one_names_both():

@@ -84,6 +84,13 @@ def test_bridge_socket_clients_do_real_io_through_the_bridge():
     assert lines == [f"client {i}: client-{i}" for i in range(5)] + ["hits: 100 (expected 100)"]
 
 
+def test_portal_lazy_load_fails_without_portals_and_loads_with_them():
+    lines = _run("portal_lazy_load.py")
+    assert lines[0].startswith("asyncio.run:        MissingGreenlet:"), lines
+    assert "greenlet_spawn has not been" in lines[0]
+    assert lines[1] == "corolet.portal.run: ada: ada@example.org, ada@work.example"
+
+
 def test_demo_shows_the_bridge_driving_real_io():
     result = subprocess.run(
         [sys.executable, "-W", "error", "-m", "corolet"],
@@ -97,6 +104,9 @@ def test_demo_shows_the_bridge_driving_real_io():
     assert "4. The bridge driving real async I/O" in out
     bridge_line = next(line for line in out.splitlines() if "sync clients x" in line)
     assert "10 sync clients x 50 requests" in bridge_line and "all replies right" in bridge_line
+    assert "5. Portals: await from plain sync code" in out
+    portal_line = next(line for line in out.splitlines() if "each a sync call waiting" in line)
+    assert "100 tasks" in portal_line and "all right" in portal_line
     # Without --greenlet-python the side-by-side section says how to get it.
     assert "`make demo` prepares a virtualenv" in out
     # The crowd: memory comes back once the 100,000 greenlets are killed.

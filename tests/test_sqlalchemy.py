@@ -74,3 +74,7 @@ def test_corolets_await_works_inside_sqlalchemys_greenlet_spawn(tmp_path):
 
 def test_missing_greenlet_from_sqlalchemy_and_from_corolet(tmp_path):
     _run("missing_greenlet", tmp_path)
+
+
+def test_lazy_load_in_plain_async_code_with_portals_and_missing_greenlet_without(tmp_path):
+    _run("portal_lazy_load", tmp_path)

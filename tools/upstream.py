@@ -68,7 +68,6 @@ GREENLET_VERSION = "3.5.6"
 SDIST_NAME = f"greenlet-{GREENLET_VERSION}.tar.gz"
 SDIST_SHA256 = "8e67c43bdfc88d5fee6db0d3e40175b362fc95fb85f0412d233b9b203c53a575"
 SDIST_TESTS = f"greenlet-{GREENLET_VERSION}/src/greenlet/tests/"
-SIMPLE_INDEX = "https://pypi.org/simple/greenlet/"
 
 TOOLS = Path(__file__).resolve().parent
 CACHE_DIR = TOOLS.parent / ".cache" / "upstream"
@@ -226,36 +225,43 @@ class Verdict:
 # ---------------------------------------------------------------- the sdist
 
 
-def verify(path: Path) -> None:
+def verify(path: Path, sha256: str = SDIST_SHA256) -> None:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if digest != SDIST_SHA256:
-        raise SetupError(f"{path} has sha256 {digest}, expected {SDIST_SHA256}; delete it")
+    if digest != sha256:
+        raise SetupError(f"{path} has sha256 {digest}, expected {sha256}; delete it")
 
 
-def sdist_url() -> str:
+def sdist_url(project: str = "greenlet", filename: str = SDIST_NAME) -> str:
     """The sdist's download URL, from PyPI's JSON simple index (PEP 691)."""
+    index = f"https://pypi.org/simple/{project}/"
     request = urllib.request.Request(
-        SIMPLE_INDEX, headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+        index, headers={"Accept": "application/vnd.pypi.simple.v1+json"}
     )
     with urllib.request.urlopen(request, timeout=60) as response:
         files = json.load(response)["files"]
     for entry in files:
-        if entry["filename"] == SDIST_NAME:
+        if entry["filename"] == filename:
             return entry["url"]
-    raise SetupError(f"{SDIST_NAME} is not on {SIMPLE_INDEX}")
+    raise SetupError(f"{filename} is not on {index}")
 
 
-def fetch_sdist() -> Path:
-    """The cached sdist, downloaded first if absent; its sha256 is checked on every run."""
-    path = CACHE_DIR / SDIST_NAME
+def fetch_sdist(
+    project: str = "greenlet",
+    filename: str = SDIST_NAME,
+    sha256: str = SDIST_SHA256,
+    cache_dir: Path = CACHE_DIR,
+) -> Path:
+    """The cached sdist, downloaded first if absent; its sha256 is checked on every run.
+    Defaults: greenlet's; tools/greenback_suite.py fetches greenback's with it."""
+    path = cache_dir / filename
     if not path.exists():
-        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        cache_dir.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.part")  # two runs may fetch at once
-        with urllib.request.urlopen(sdist_url(), timeout=120) as response:
+        with urllib.request.urlopen(sdist_url(project, filename), timeout=120) as response:
             partial.write_bytes(response.read())
-        verify(partial)
+        verify(partial, sha256)
         partial.replace(path)
-    verify(path)
+    verify(path, sha256)
     return path
 
 

@@ -6,9 +6,11 @@
    only swaps stack pointers (greenlet copies the stack, so its cost grows with depth).
 4. The bridge driving real async I/O: sync-looking clients, run through ``greenlet_spawn``,
    talk to an asyncio server on 127.0.0.1 (an ephemeral port) with ``await_only``.
-5. A crowd of 100,000 greenlets parked at once, then killed: memory per greenlet, and what
+5. Portals (``corolet.portal``): plain sync code awaiting from inside ordinary asyncio tasks,
+   where SQLAlchemy's lazy loads work too (``examples/portal_lazy_load.py``).
+6. A crowd of 100,000 greenlets parked at once, then killed: memory per greenlet, and what
    is left once they are gone.
-6. Timings and the crowd for corolet and PyPI greenlet side by side, when given an
+7. Timings and the crowd for corolet and PyPI greenlet side by side, when given an
    interpreter with greenlet (``--greenlet-python``; ``make demo`` prepares one).
 """
 
@@ -192,7 +194,7 @@ def crowd_lines(label: str, c: dict[str, list[int]]) -> list[str]:
 
 
 def crowd_demo() -> None:
-    print(f"5. A crowd: {CROWD_SIZE:,} greenlets parked at once, 3 Python frames deep, then killed")
+    print(f"6. A crowd: {CROWD_SIZE:,} greenlets parked at once, 3 Python frames deep, then killed")
     for line in crowd_lines("corolet", crowd(sys.executable, "corolet")):
         print(line)
 
@@ -222,7 +224,7 @@ def switch_timing() -> None:
 
 
 def against_greenlet(greenlet_python: str | None) -> None:
-    print("6. Side by side with greenlet, same interpreter, same code")
+    print("7. Side by side with greenlet, same interpreter, same code")
     if not greenlet_python:
         print("   (greenlet is not installed here: `make demo` prepares a virtualenv with it)")
         return
@@ -284,6 +286,34 @@ def bridge_io(clients: int = 10, requests: int = 50) -> None:
     )
 
 
+def portal_demo(tasks: int = 100) -> None:
+    print("5. Portals: await from plain sync code inside ordinary asyncio tasks (corolet.portal)")
+    import asyncio
+
+    import corolet.portal
+
+    def load_profile(user_id: int) -> str:
+        # Synchronous code (a template, a serializer, an ORM's lazy load) that must wait.
+        name = corolet.portal.await_(asyncio.sleep(0.01, f"user{user_id}"))
+        return name.upper()
+
+    async def handler(user_id: int) -> str:
+        return load_profile(user_id)  # no await, no greenlet_spawn: the task has a portal
+
+    async def main() -> tuple[list[str], float]:
+        start = time.perf_counter()
+        names = await asyncio.gather(*(handler(i) for i in range(tasks)))
+        return names, time.perf_counter() - start
+
+    names, elapsed = corolet.portal.run(main())  # asyncio.run, every task with a portal
+    right = names == [f"USER{i}" for i in range(tasks)]
+    print(
+        f"   {tasks} tasks, each a sync call waiting 10 ms: {'all right' if right else 'WRONG'}, "
+        f"{elapsed * 1e3:.0f} ms in all (they waited together); SQLAlchemy's lazy loads work "
+        "the same way: examples/portal_lazy_load.py"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -303,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     deep_generator()
     switch_timing()
     bridge_io()
+    portal_demo()
     crowd_demo()
     against_greenlet(args.greenlet_python)
     return 0

@@ -1,9 +1,37 @@
 """Type stubs for corolet's compiled module (greenlet's API, plus corolet's own helpers)."""
 
+import sys
 from collections.abc import Callable
 from contextvars import Context
 from types import FrameType, TracebackType
 from typing import Any, Literal
+
+from typing_extensions import disjoint_base
+
+__all__ = [
+    "greenlet",
+    "GreenletExit",
+    "error",
+    "getcurrent",
+    "settrace",
+    "gettrace",
+    "GREENLET_USE_GC",
+    "GREENLET_USE_TRACING",
+    "GREENLET_USE_CONTEXT_VARS",
+    "GREENLET_USE_STANDARD_THREADING",
+    "CLOCKS_PER_SEC",
+    "UnswitchableGreenlet",
+    "_C_API",
+    "stack_size",
+    "_stack_stats",
+    "get_pending_cleanup_count",
+    "get_total_main_greenlets",
+    "set_thread_local",
+    "enable_optional_cleanup",
+    "get_clocks_used_doing_optional_cleanup",
+]
+if sys.version_info < (3, 13):
+    __all__ += ["get_tstate_trash_delete_nesting"]
 
 class GreenletExit(BaseException): ...
 class error(Exception): ...
@@ -11,6 +39,7 @@ class error(Exception): ...
 _TraceEvent = Literal["switch", "throw"]
 _TraceFunction = Callable[[_TraceEvent, tuple[greenlet, greenlet]], object]
 
+@disjoint_base
 class greenlet:
     GreenletExit: type[GreenletExit]
     error: type[error]
@@ -53,7 +82,10 @@ def stack_size(size: int | None = None) -> int: ...
 def _stack_stats() -> dict[str, Any]: ...
 def get_pending_cleanup_count() -> int: ...
 def get_total_main_greenlets() -> int: ...
-def get_tstate_trash_delete_nesting() -> int: ...  # CPython < 3.13 only
+
+if sys.version_info < (3, 13):
+    def get_tstate_trash_delete_nesting() -> int: ...
+
 def set_thread_local(key: object, value: object) -> None: ...
 def enable_optional_cleanup(enabled: bool) -> None: ...
 def get_clocks_used_doing_optional_cleanup() -> int | None: ...

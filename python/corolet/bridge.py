@@ -106,7 +106,7 @@ def await_only(awaitable: Awaitable[_T]) -> _T:
         # Not kept in this frame while suspended: a greenlet referenced from its own suspended
         # frame is a cycle the garbage collector cannot see through (greenlet's does not either).
         del current
-        return driver.switch(awaitable)  # type: ignore[no-any-return]
+        return driver.switch(awaitable)  # type: ignore[no-any-return,union-attr]
     _close_unawaited(awaitable)
     raise MissingGreenlet(_diagnose(current, awaitable, sys._getframe(1)))
 
@@ -164,8 +164,9 @@ _SQLALCHEMY_HINT = (
     "With SQLAlchemy's asyncio extension this usually means IO was attempted outside the "
     "session's async calls, most often a lazy load or an attribute expired by commit: load "
     "eagerly (selectinload(), lazy='raise' to find the culprit), use "
-    "AsyncSession(expire_on_commit=False), AsyncAttrs.awaitable_attrs, or run sync code with "
-    "await session.run_sync(fn)."
+    "AsyncSession(expire_on_commit=False), AsyncAttrs.awaitable_attrs, run sync code with "
+    "await session.run_sync(fn), or give the tasks portals (corolet.portal.install() or "
+    "corolet.portal.run(main)), in which lazy loads work in plain async code."
 )
 
 
@@ -226,7 +227,11 @@ def _what_to_do(current: greenlet, loop: asyncio.AbstractEventLoop | None) -> st
     if current.parent is None and loop is not None:
         return (
             "in async code, `await` the awaitable directly; to call synchronous code that "
-            "uses await_only(), run it with `await greenlet_spawn(fn, *args)`."
+            "uses await_only(), run it with `await greenlet_spawn(fn, *args)`; or give the "
+            "task a portal, after which await_only() works in any synchronous code it calls: "
+            "`corolet.portal.install()` (every task the loop creates after it), "
+            "`corolet.portal.run(main)` in place of asyncio.run(main), or "
+            "`await corolet.portal.with_portal_run_sync(fn, *args)` for one call."
         )
     if loop is None:
         return (

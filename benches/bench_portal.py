@@ -1,0 +1,433 @@
+"""What a portal costs: corolet.portal against greenback 1.3 on greenlet 3.5.6, on asyncio.
+
+Method
+------
+Each side runs in worker subprocesses of its own (this script with ``--worker
+corolet|greenback --workload NAME``), pinned to one CPU (``--cpu``, default the last one):
+
+- corolet: this interpreter's environment; portals come from ``corolet.portal.install()``
+  (the loop's task factory), so every task of the loop has one from its first step.
+- greenback: ``<repo>/.venv-bench-greenback-<major.minor>``, made on the same interpreter with
+  ``pip install greenlet==3.5.6 greenback==1.3.0``; each task that needs a portal starts with
+  ``await greenback.ensure_portal()`` (greenback has no per-loop switch).
+
+Every workload is timed twice in the same worker, *plain* (ordinary tasks, no portal) and
+*portal*, alternating, ``--repeats`` times each after a warm-up, with the garbage collector off;
+the best of each is kept, and the parent keeps the best over ``--rounds`` rounds (alternating
+which side goes first). Reported: ns per unit plain and with a portal on each side, the ratio
+portal / plain (1.00: a portal costs nothing), and corolet's portal figure against
+greenback's. Each workload returns a checksum that the worker compares between plain and
+portal and the parent between the two sides, so a workload that went wrong fails the run
+instead of giving a fast number.
+
+Workloads
+---------
+``step``
+    One task doing ``await asyncio.sleep(0)`` N times: the cost of a task step (two switches
+    per step with a portal). Unit: one step.
+``await``
+    From sync code in a portal, ``await_(asyncio.sleep(0))``, against ``await
+    asyncio.sleep(0)`` in async code, both in a portal task (plain: the native await). Unit:
+    one await.
+``await_ready``
+    The same with a coroutine that never suspends: what ``await_`` itself costs.
+``requests``
+    A realistic service: batches of 50 concurrent request tasks (a task per request, as a
+    server makes them), each decoding a JSON body, doing some dict work, three "database" calls
+    (a future the loop resolves on its next turn, through a small async client) and encoding
+    a JSON reply. Portal side: the very same code in tasks that have portals (what
+    ``install()`` costs a service that does not use them yet). Unit: one request.
+``requests_sync``
+    The same service, the portal side written the portal way: the handler is synchronous and
+    makes its database calls through ``await_`` (plain: the async handler). Unit: one
+    request.
+
+``--fast`` (one round, short runs; ``make bench-fast``) checks that every workload runs and
+gives the right checksums on both sides; the exit status is non-zero if a worker fails or a
+checksum differs, never because of a number.
+
+Examples::
+
+    .venv-3.11/bin/python benches/bench_portal.py
+    .venv-3.11/bin/python benches/bench_portal.py --fast --json /tmp/portal.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import bench_greenlet as common
+
+SCRIPT = Path(__file__).resolve()
+REPO = SCRIPT.parent.parent
+GREENBACK_VERSION = "1.3.0"
+IMPLS = ["corolet", "greenback"]
+WORKLOADS = ["step", "await", "await_ready", "requests", "requests_sync"]
+UNITS = {"step": "task step", "await": "await", "await_ready": "await"}
+UNITS |= {"requests": "request", "requests_sync": "request"}
+FULL = SimpleNamespace(rounds=3, repeats=5, scale=1.0)
+FAST = SimpleNamespace(rounds=1, repeats=1, scale=0.05)
+WORKER_TIMEOUT_S = 300
+
+# --------------------------------------------------------------------------- worker
+
+
+def load(impl: str) -> SimpleNamespace:
+    if impl == "corolet":
+        import corolet.portal as portal
+
+        return SimpleNamespace(
+            await_=portal.await_,
+            ensure=None,
+            portal_loop=portal.new_event_loop,
+            has_portal=portal.has_portal,
+        )
+    import greenback
+
+    return SimpleNamespace(
+        await_=greenback.await_,
+        ensure=greenback.ensure_portal,
+        portal_loop=asyncio.new_event_loop,
+        has_portal=greenback.has_portal,
+    )
+
+
+async def _give_portal(impl: SimpleNamespace) -> None:
+    if impl.ensure is not None:
+        await impl.ensure()
+    assert impl.has_portal(), "no portal where one was asked for"
+
+
+async def step_body(impl: SimpleNamespace | None, n: int) -> tuple[int, int]:
+    if impl is not None:
+        await _give_portal(impl)
+    start = time.perf_counter_ns()
+    for _ in range(n):
+        await asyncio.sleep(0)
+    return time.perf_counter_ns() - start, n
+
+
+async def _ready(value: int) -> int:
+    return value
+
+
+def _sync_awaits(impl: SimpleNamespace, n: int, ready: bool) -> int:
+    total = 0
+    await_ = impl.await_
+    for i in range(n):
+        total += await_(_ready(i)) if ready else (await_(asyncio.sleep(0)) or 1)
+    return total
+
+
+async def await_body(impl: SimpleNamespace, n: int, ready: bool, native: bool) -> tuple[int, int]:
+    await _give_portal(impl)
+    start = time.perf_counter_ns()
+    if native:
+        total = 0
+        for i in range(n):
+            total += await _ready(i) if ready else (await asyncio.sleep(0) or 1)
+    else:
+        total = _sync_awaits(impl, n, ready)
+    return time.perf_counter_ns() - start, total
+
+
+class FakeDatabase:
+    """Each query is answered on the loop's next turn, like a driver's reply."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.rows = {i: {"id": i, "name": f"user{i}", "score": i * 7 % 101} for i in range(64)}
+
+    async def query(self, key: int) -> dict[str, Any]:
+        future = self.loop.create_future()
+        self.loop.call_soon(future.set_result, self.rows[key % 64])
+        return await future
+
+
+def _handle(body: str, fetch: Any) -> str:
+    request = json.loads(body)
+    keys = request["keys"]
+    rows = [fetch(k) for k in keys]
+    scores = {row["name"]: row["score"] for row in rows}
+    best = max(scores, key=scores.__getitem__)
+    reply = {"id": request["id"], "best": best, "total": sum(scores.values()), "n": len(rows)}
+    return json.dumps(reply, sort_keys=True)
+
+
+async def request_plain(db: FakeDatabase, body: str) -> str:
+    request = json.loads(body)
+    rows = [await db.query(k) for k in request["keys"]]
+    scores = {row["name"]: row["score"] for row in rows}
+    best = max(scores, key=scores.__getitem__)
+    reply = {"id": request["id"], "best": best, "total": sum(scores.values()), "n": len(rows)}
+    return json.dumps(reply, sort_keys=True)
+
+
+async def request_portal(impl: SimpleNamespace, db: FakeDatabase, body: str, sync: bool) -> str:
+    if impl.ensure is not None:
+        await impl.ensure()
+    if not sync:
+        return await request_plain(db, body)
+    await_ = impl.await_
+    return _handle(body, lambda key: await_(db.query(key)))
+
+
+async def requests_body(
+    impl: SimpleNamespace | None, batches: int, sync: bool = False
+) -> tuple[int, int]:
+    db = FakeDatabase(asyncio.get_running_loop())
+    checksum = 0
+    start = time.perf_counter_ns()
+    for b in range(batches):
+        bodies = [json.dumps({"id": b * 50 + i, "keys": [i, i + 3, i + 11]}) for i in range(50)]
+        if impl is None:
+            tasks = [asyncio.ensure_future(request_plain(db, body)) for body in bodies]
+        else:
+            tasks = [asyncio.ensure_future(request_portal(impl, db, b, sync)) for b in bodies]
+        for reply in await asyncio.gather(*tasks):
+            checksum += len(reply) + json.loads(reply)["total"]
+    return time.perf_counter_ns() - start, checksum
+
+
+def one_run(impl: SimpleNamespace, workload: str, portal: bool, scale: float) -> tuple[int, int]:
+    """(elapsed ns, checksum) of one timed run; the units are the workload's count."""
+    in_portal = portal or workload in ("await", "await_ready")  # both sides in a portal task
+    loop = impl.portal_loop() if in_portal else asyncio.new_event_loop()
+    try:
+        if workload == "step":
+            body = step_body(impl if portal else None, count(workload, scale))
+        elif workload in ("await", "await_ready"):
+            body = await_body(impl, count(workload, scale), workload == "await_ready", not portal)
+        else:
+            sync = workload == "requests_sync"
+            body = requests_body(impl if portal else None, count(workload, scale), sync)
+        gc.disable()
+        try:
+            return loop.run_until_complete(body)
+        finally:
+            gc.enable()
+    finally:
+        loop.close()
+
+
+def count(workload: str, scale: float) -> int:
+    base = {"step": 200_000, "await": 200_000, "await_ready": 400_000}
+    base |= {"requests": 400, "requests_sync": 400}
+    return max(1, int(base[workload] * scale))
+
+
+def units(workload: str, scale: float) -> int:
+    return count(workload, scale) * (50 if workload.startswith("requests") else 1)
+
+
+def worker(impl_name: str, workload: str, repeats: int, scale: float, cpu: int | None) -> dict:
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    impl = load(impl_name)
+    best = {"plain": None, "portal": None}
+    sums = {"plain": set(), "portal": set()}
+    one_run(impl, workload, False, scale / 4)  # warm-up
+    one_run(impl, workload, True, scale / 4)
+    for _ in range(repeats):
+        for side in ("plain", "portal"):
+            ns, checksum = one_run(impl, workload, side == "portal", scale)
+            sums[side].add(checksum)
+            if best[side] is None or ns < best[side]:
+                best[side] = ns
+    if len(sums["plain"]) != 1 or sums["plain"] != sums["portal"]:
+        raise common.BenchError(f"{workload}: checksums differ: {sums}")
+    n = units(workload, scale)
+    return {
+        "plain_ns": best["plain"] / n,
+        "portal_ns": best["portal"] / n,
+        "checksum": sums["plain"].pop(),
+    }
+
+
+# --------------------------------------------------------------------------- parent
+
+
+def greenback_venv(python: str, sys_version: str, version: str) -> str:
+    """The python of ``<repo>/.venv-bench-greenback-<version>``; (re)made if needed."""
+    venv = REPO / f".venv-bench-greenback-{version}"
+    vpy = str(venv / "bin" / "python")
+    if os.path.exists(vpy) and venv_ok(vpy, sys_version):
+        return vpy
+    common.log(
+        f"making {venv} with greenlet=={common.GREENLET_VERSION} greenback=={GREENBACK_VERSION}"
+    )
+    subprocess.run([python, "-m", "venv", "--clear", str(venv)], check=True)
+    pip = [vpy, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    pins = [f"greenlet=={common.GREENLET_VERSION}", f"greenback=={GREENBACK_VERSION}"]
+    subprocess.run([*pip, *pins], check=True)
+    if not venv_ok(vpy, sys_version):
+        raise common.BenchError(f"{venv} does not provide greenback {GREENBACK_VERSION}")
+    return vpy
+
+
+def venv_ok(vpy: str, sys_version: str) -> bool:
+    try:
+        greenlet = common.probe(vpy, "greenlet")
+        greenback = common.probe(vpy, "greenback")
+    except (OSError, subprocess.CalledProcessError, ValueError):
+        return False
+    return (
+        greenlet["sys_version"] == sys_version
+        and greenlet.get("greenlet") == common.GREENLET_VERSION
+        and greenback.get("greenback") == GREENBACK_VERSION
+    )
+
+
+def run_worker(python: str, impl: str, workload: str, settings: SimpleNamespace, cpu: Any) -> dict:
+    cmd = [python, str(SCRIPT), "--worker", impl, "--workload", workload]
+    cmd += ["--repeats", str(settings.repeats), "--scale", str(settings.scale)]
+    if cpu is not None:
+        cmd += ["--cpu", str(cpu)]
+    env = dict(os.environ)
+    if impl == "greenback":
+        env.pop("PYTHONPATH", None)  # nothing of corolet's may shadow the real greenlet
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {WORKER_TIMEOUT_S} s"}
+    if out.returncode != 0:
+        return {"error": f"exit status {out.returncode}\n{out.stderr.strip()[-800:]}"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def summarise(workload: str, per_impl: dict) -> dict:
+    row: dict = {"workload": workload, "unit": UNITS[workload], "errors": []}
+    sums = set()
+    for impl in IMPLS:
+        good = [r for r in per_impl[impl] if "error" not in r]
+        row["errors"] += [
+            {"impl": impl, "error": r["error"]} for r in per_impl[impl] if "error" in r
+        ]
+        if not good:
+            row[impl] = None
+            continue
+        plain = min(r["plain_ns"] for r in good)
+        portal = min(r["portal_ns"] for r in good)
+        sums |= {r["checksum"] for r in good}
+        row[impl] = {"plain_ns": plain, "portal_ns": portal, "ratio": portal / plain}
+    if len(sums) > 1:
+        row["errors"].append({"impl": "both", "error": f"checksums differ between sides: {sums}"})
+    if row["corolet"] and row["greenback"]:
+        row["corolet_vs_greenback"] = row["corolet"]["portal_ns"] / row["greenback"]["portal_ns"]
+    return row
+
+
+def table(rows: list[dict], header: str) -> str:
+    head = (
+        "| workload (ns per unit) | plain | corolet portal | ratio | greenback portal | ratio "
+        "| corolet / greenback |"
+    )
+    lines = [header, "", head, "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        c, g = r["corolet"], r["greenback"]
+
+        def cell(x: Any, key: str, fmt: str) -> str:
+            return format(x[key], fmt) if x else "-"
+
+        vs = format(r["corolet_vs_greenback"], ".2f") if "corolet_vs_greenback" in r else "-"
+        lines.append(
+            f"| {r['workload']} (per {r['unit']}) | {cell(c, 'plain_ns', '.0f')} | "
+            f"{cell(c, 'portal_ns', '.0f')} | {cell(c, 'ratio', '.2f')} | "
+            f"{cell(g, 'portal_ns', '.0f')} | {cell(g, 'ratio', '.2f')} | {vs} |"
+        )
+    return "\n".join(lines)
+
+
+def parent(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    settings = SimpleNamespace(**vars(FAST if args.fast else FULL))
+    for key in ("rounds", "repeats", "scale"):
+        if getattr(args, key) is not None:
+            setattr(settings, key, getattr(args, key))
+    cpu = args.cpu if args.cpu is not None else common.default_cpu()
+    python = sys.executable
+    env = common.probe(python, "corolet")
+    if "corolet" not in env:
+        common.log(f"{python} cannot import corolet: {env.get('error')}")
+        return 2
+    try:
+        greenback_py = args.greenback_python or greenback_venv(
+            python, env["sys_version"], env["version"]
+        )
+    except (common.BenchError, OSError, subprocess.CalledProcessError) as e:
+        common.log(f"no greenback {GREENBACK_VERSION} to compare with: {e}")
+        return 2
+    pythons = {"corolet": python, "greenback": greenback_py}
+    names = args.workload or WORKLOADS
+    results = common.alternate_rounds(
+        names,
+        IMPLS,
+        settings.rounds,
+        lambda impl, name: run_worker(pythons[impl], impl, name, settings, cpu),
+    )
+    rows = [summarise(name, results[name]) for name in names]
+    mach = common.machine()
+    header = (
+        f"{mach['cpu']}, {mach['cpus']} CPUs (workers pinned to CPU {cpu}); Python "
+        f"{env['sys_version'].split()[0]}; corolet {env['corolet']}; greenback "
+        f"{GREENBACK_VERSION} on greenlet {common.GREENLET_VERSION}; best of "
+        f"{settings.rounds} round(s) x {settings.repeats} run(s); ratio = portal / plain"
+    )
+    print(table(rows, header))
+    elapsed = time.monotonic() - started
+    common.log(f"took {elapsed:.1f} s")
+    if args.json:
+        doc = {"machine": mach, "python": env["sys_version"], "settings": vars(settings)}
+        doc.update({"cpu": cpu, "elapsed_s": round(elapsed, 2), "results": rows})
+        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+    failed = [r for r in rows if r["errors"]]
+    for r in failed:
+        for e in r["errors"]:
+            common.log(f"{r['workload']} ({e['impl']}): {e['error']}")
+    return 1 if failed else 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--greenback-python", help="interpreter with greenback (default: own venv)")
+    p.add_argument("--fast", action="store_true", help="one short round that checks results")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--workload", action="append", choices=WORKLOADS, help="repeatable")
+    p.add_argument("--rounds", type=int, help="alternating corolet/greenback rounds")
+    p.add_argument("--repeats", type=int, help="timed runs per side (default 5; --fast: 1)")
+    p.add_argument("--scale", type=float, help="workload size factor (default 1; --fast: 0.05)")
+    p.add_argument("--cpu", type=int, help="CPU to pin the workers to (default: the last)")
+    p.add_argument("--worker", choices=IMPLS, help="internal: time one workload, print JSON")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.worker:
+        return parent(args)
+    if not args.workload or len(args.workload) != 1:
+        common.log("--worker needs exactly one --workload")
+        return 2
+    repeats = args.repeats if args.repeats is not None else FULL.repeats
+    scale = args.scale if args.scale is not None else FULL.scale
+    result = worker(args.worker, args.workload[0], repeats, scale, args.cpu)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except common.BenchError as e:
+        common.log(f"bench_portal: {e}")
+        sys.exit(1)
