@@ -7,10 +7,15 @@
 #   make test-all             `make test` on every supported interpreter: the pyenv ones (PYS),
 #                             then 3.14 and 3.15 in a Debian sid chroot (SID_PYS; empty skips it)
 #   make sid-chroot           set up that chroot (tools/sid-chroot.sh; test-all does it too)
+#   make test-dbg-host        our suite and greenlet's on Debian's python3.11-dbg under -X dev
+#                             (apt-installs it when missing; test-all runs it, and the chroot's
+#                             python3.14-dbg and python3.15-dbg: SID_DBG_PYS)
 #   PYTHON=/path/to/python    choose the interpreter (default: python3)
 
 PYTHON ?= python3
-PYVER := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+# A debug interpreter (Py_DEBUG) gets a "d" (3.11d): its own virtualenv and cargo target.
+PYVER := $(shell $(PYTHON) -c 'import sys; print("%d.%d%s" % (*sys.version_info[:2], \
+           "d" * hasattr(sys, "gettotalrefcount")))')
 VENV ?= .venv-$(PYVER)
 VPY := $(CURDIR)/$(VENV)/bin/python
 CARGO_TARGET := $(CURDIR)/target/py$(PYVER)
@@ -18,9 +23,13 @@ PYS ?= /root/.pyenv/versions/3.10.13/bin/python /root/.pyenv/versions/3.11.7/bin
        /root/.pyenv/versions/3.12.1/bin/python /root/.pyenv/versions/3.13.0/bin/python
 # Debian sid's interpreters, inside the chroot tools/sid-chroot.sh makes.
 SID_PYS ?= /usr/bin/python3.14 /usr/bin/python3.15
+# Debug interpreters: Debian's on the host (installed by test-dbg-host) and the chroot's.
+DBG_HOST_PY ?= /usr/bin/python3.11-dbg
+DBG_HOST_PACKAGES := python3.11-dbg python3.11-venv
+SID_DBG_PYS ?= /usr/bin/python3.14-dbg /usr/bin/python3.15-dbg
 export CARGO_TARGET_DIR := $(CARGO_TARGET)
 
-.PHONY: demo test test-all test-pys test-sid-chroot test-sid sid-chroot venv build cargo-test lint pytest upstream gevent \
+.PHONY: demo test test-all test-pys test-sid-chroot test-sid sid-chroot test-dbg test-dbg-host venv build cargo-test lint pytest upstream gevent \
         bench-fast bench valgrind clean
 
 $(VENV)/.stamp: tests/requirements.txt
@@ -94,15 +103,35 @@ test-all:
 
 test-pys:
 	set -e; for p in $(PYS); do $(MAKE) --no-print-directory test PYTHON=$$p; done
+	$(if $(strip $(DBG_HOST_PY)),$(MAKE) --no-print-directory test-dbg-host)
 
 test-sid-chroot:
-	$(if $(strip $(SID_PYS)),tools/sid-chroot.sh run make --no-print-directory test-sid \
-	    PYTHON=$(firstword $(SID_PYS)) SID_PYS="$(SID_PYS)")
+	$(if $(strip $(SID_PYS)$(SID_DBG_PYS)),tools/sid-chroot.sh run make --no-print-directory \
+	    test-sid PYTHON=$(firstword $(SID_PYS) $(SID_DBG_PYS)) SID_PYS="$(SID_PYS)" \
+	    SID_DBG_PYS="$(SID_DBG_PYS)")
 
 # Run inside the sid chroot (tools/sid-chroot.sh run make test-sid): `make test` on each of
-# its interpreters.
+# its interpreters, then test-dbg on each of its debug interpreters.
 test-sid:
 	set -e; for p in $(SID_PYS); do $(MAKE) --no-print-directory test PYTHON=$$p; done
+	set -e; for p in $(SID_DBG_PYS); do $(MAKE) --no-print-directory test-dbg PYTHON=$$p; done
+
+# ---- Debug interpreters (Py_DEBUG: assertions in CPython, reference-count checks).
+# test-dbg runs our suite and greenlet's upstream suite on PYTHON, which must be a debug build,
+# in development mode (PYTHONDEVMODE=1 is -X dev, inherited by every child the tests start).
+# The known-failure lists are those of the interpreter's major.minor (a debug build fails the
+# same upstream tests as the release build).
+test-dbg: build
+	$(if $(filter %d,$(PYVER)),,$(error test-dbg: $(PYTHON) is not a debug build (no sys.gettotalrefcount)))
+	PYTHONDEVMODE=1 $(VPY) -m pytest -q tests
+	PYTHONDEVMODE=1 $(VPY) tools/upstream.py --python $(VPY)
+
+# Debian's python3.11-dbg on this host, installed with apt when missing (needs root).
+test-dbg-host:
+	@test -x $(DBG_HOST_PY) || { echo "installing $(DBG_HOST_PACKAGES) with apt"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends $(DBG_HOST_PACKAGES) >/dev/null; }
+	$(MAKE) --no-print-directory test-dbg PYTHON=$(DBG_HOST_PY)
 
 sid-chroot:
 	tools/sid-chroot.sh setup
