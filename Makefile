@@ -30,7 +30,7 @@ SID_DBG_PYS ?= /usr/bin/python3.14-dbg /usr/bin/python3.15-dbg
 export CARGO_TARGET_DIR := $(CARGO_TARGET)
 
 .PHONY: demo test test-all test-pys test-sid-chroot test-sid sid-chroot test-dbg test-dbg-host venv build cargo-test lint pytest upstream gevent \
-        bench-fast bench valgrind clean
+        bench-fast bench valgrind clean soak soak-fast
 
 $(VENV)/.stamp: tests/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -94,7 +94,17 @@ bench: build
 	$(VPY) benches/bench_orm.py
 	$(VPY) benches/bench_gevent.py
 
-test: build cargo-test lint pytest upstream bench-fast gevent
+test: build cargo-test lint pytest upstream bench-fast gevent soak-fast
+
+# ---- Soak test (tools/soak.py): threads, greenlets of every fate, forks, for SOAK_SECONDS;
+# then no crash, every greenlet accounted for, no growth of memory or objects. make test runs
+# a short one.
+SOAK_SECONDS ?= 600
+soak: build
+	$(VPY) tools/soak.py --seconds $(SOAK_SECONDS)
+
+soak-fast: build
+	$(VPY) tools/soak.py --seconds 30 --periods 5
 
 # The pyenv interpreters and the chroot's run side by side (two streams of mostly
 # single-threaded work on CI's two cores), their output interleaved line by line.
