@@ -30,7 +30,7 @@ SID_DBG_PYS ?= /usr/bin/python3.14-dbg /usr/bin/python3.15-dbg
 export CARGO_TARGET_DIR := $(CARGO_TARGET)
 
 .PHONY: demo test test-all test-pys test-sid-chroot test-sid sid-chroot test-dbg test-dbg-host venv build cargo-test lint pytest upstream gevent \
-        bench-fast bench valgrind clean soak soak-fast
+        bench-fast bench valgrind valgrind-here clean soak soak-fast
 
 $(VENV)/.stamp: tests/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -146,14 +146,45 @@ test-dbg-host:
 sid-chroot:
 	tools/sid-chroot.sh setup
 
-# Memory errors under valgrind: fails on any invalid read, write or free, or on memory
-# definitely lost. CPython's own start-up noise is suppressed in tools/valgrind.supp.
-valgrind: build
-	PYTHONMALLOC=malloc valgrind --leak-check=full --show-leak-kinds=definite \
-	    --errors-for-leak-kinds=definite --suppressions=tools/valgrind.supp \
-	    --log-file=$(CARGO_TARGET)/valgrind.log $(VPY) tools/valgrind_smoke.py
-	@grep -E "ERROR SUMMARY|definitely lost" $(CARGO_TARGET)/valgrind.log
-	@! grep -E "Invalid (read|write|free)|definitely lost: [1-9]" $(CARGO_TARGET)/valgrind.log
+# ---- Memory errors under valgrind (memcheck): our pytest suite on corolet's native code,
+# failing (--error-exitcode) on any invalid read, write or free and any use of an uninitialised
+# value. VALGRIND_TESTS picks the files about corolet's native code (switching, throw, parents,
+# threads, collection, weak references, contexts, frames, tracing, the C API, stack sizes,
+# lifecycle: about 60% of the suite's tests), without the two tests that make 100,000
+# greenlets or run out of mappings (minutes under valgrind). The others: test_datastack.py
+# measures resident memory (meaningless under valgrind), test_examples.py and
+# test_sqlalchemy.py only start child processes (valgrind does not follow them); the rest
+# (attributes, bridge, install, C-API subclasses, stack limits) runs with
+# VALGRIND_TESTS="tests --ignore=... ..." at twice the time.
+# tools/valgrind.supp holds the suppressions, each with the stack that justifies it. Leaks are
+# not counted: CPython 3.12+ never frees its interned strings, so every run, corolet or not,
+# "definitely loses" thousands of PyUnicode blocks; the soak test and the suite's own leak
+# check cover leaks. CPython 3.10 and 3.11 are refused: their int.from_bytes() reads an
+# uninitialised digit at start-up (longobject.c, maybe_small_long) and every later use of the
+# small int it picks is reported, so no narrow suppression exists. VALGRIND_FLAGS adds options
+# (--track-origins=yes shows where an uninitialised value came from).
+VALGRIND_PYTHON ?= /root/.pyenv/versions/3.13.0/bin/python
+VALGRIND_FLAGS ?=
+VALGRIND_TESTS ?= $(addprefix tests/test_,$(addsuffix .py,switching throw parent threads gc \
+    weakref contextvars frames tracing capi stack_size lifecycle)) \
+    -k "not hundred_thousand_suspended and not running_out_of_mappings"
+valgrind:
+	$(MAKE) --no-print-directory valgrind-here PYTHON=$(VALGRIND_PYTHON)
+
+valgrind-here: build
+	@case "$(PYVER)" in 3.10*|3.11*) echo "make valgrind: CPython $(PYVER) reads uninitialised" \
+	    "memory at start-up (see the Makefile); use 3.12 or later (VALGRIND_PYTHON=...)"; \
+	    exit 2;; esac
+	@command -v valgrind >/dev/null || { echo "installing valgrind with apt"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends valgrind >/dev/null; }
+	PYTHONMALLOC=malloc valgrind --error-exitcode=99 --leak-check=no \
+	    --suppressions=tools/valgrind.supp --num-callers=40 $(VALGRIND_FLAGS) \
+	    --log-file=$(CARGO_TARGET)/valgrind.log \
+	    $(VPY) -m pytest -q -p no:cacheprovider $(VALGRIND_TESTS) \
+	    || { grep -E "ERROR SUMMARY" $(CARGO_TARGET)/valgrind.log; \
+	         echo "make valgrind: failed; see $(CARGO_TARGET)/valgrind.log"; exit 1; }
+	@grep -E "ERROR SUMMARY" $(CARGO_TARGET)/valgrind.log
 
 clean:
 	rm -rf target .venv-* .cache
