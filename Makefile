@@ -10,6 +10,8 @@
 #   make test-dbg-host        our suite and greenlet's on Debian's python3.11-dbg under -X dev
 #                             (apt-installs it when missing; test-all runs it, and the chroot's
 #                             python3.14-dbg and python3.15-dbg: SID_DBG_PYS)
+#   make valgrind             most of our suite under memcheck (test-all runs it)
+#   make soak                 the soak test for SOAK_SECONDS (600; make test runs 30 s)
 #   PYTHON=/path/to/python    choose the interpreter (default: python3)
 
 PYTHON ?= python3
@@ -111,14 +113,18 @@ soak-fast: build
 test-all:
 	$(MAKE) --no-print-directory -j2 --output-sync=line test-pys test-sid-chroot
 
+# The pyenv stream ends with valgrind (on 3.13, whose build it reuses; empty VALGRIND_PYTHON
+# skips it); the chroot's stream ends with the host's debug interpreter (its own virtualenv and
+# cargo target, so it never races the pyenv stream), which balances the two.
 test-pys:
 	set -e; for p in $(PYS); do $(MAKE) --no-print-directory test PYTHON=$$p; done
-	$(if $(strip $(DBG_HOST_PY)),$(MAKE) --no-print-directory test-dbg-host)
+	$(if $(strip $(VALGRIND_PYTHON)),$(MAKE) --no-print-directory valgrind)
 
 test-sid-chroot:
 	$(if $(strip $(SID_PYS)$(SID_DBG_PYS)),tools/sid-chroot.sh run make --no-print-directory \
 	    test-sid PYTHON=$(firstword $(SID_PYS) $(SID_DBG_PYS)) SID_PYS="$(SID_PYS)" \
 	    SID_DBG_PYS="$(SID_DBG_PYS)")
+	$(if $(strip $(DBG_HOST_PY)),$(MAKE) --no-print-directory test-dbg-host)
 
 # Run inside the sid chroot (tools/sid-chroot.sh run make test-sid): `make test` on each of
 # its interpreters, then test-dbg on each of its debug interpreters.
