@@ -22,6 +22,10 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
+    # The examples' stderr must stay empty: no development mode (make test-dbg sets
+    # PYTHONDEVMODE), whose asyncio debug mode reports every callback slower than 0.1 s, as a
+    # debug build under load has.
+    env.pop("PYTHONDEVMODE", None)
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(corolet.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
     return env
@@ -30,10 +34,6 @@ def _env() -> dict[str, str]:
 def _run(name: str) -> list[str]:
     env = _env()
     env["PYTHONWARNINGS"] = "error"
-    # Their stderr must stay empty: no development mode (make test-dbg sets PYTHONDEVMODE),
-    # whose asyncio debug mode reports every callback slower than 0.1 s, as a debug build
-    # under load has.
-    env.pop("PYTHONDEVMODE", None)
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / name)],
         env=env,
