@@ -161,7 +161,8 @@ sid-chroot:
 # measures resident memory (meaningless under valgrind), test_examples.py and
 # test_sqlalchemy.py only start child processes (valgrind does not follow them); the rest
 # (attributes, bridge, install, C-API subclasses, stack limits) runs with
-# VALGRIND_TESTS="tests --ignore=... ..." at twice the time.
+# VALGRIND_TESTS="tests --ignore=... ..." at twice the time. A test may take 30 times its
+# usual time under valgrind: pytest's per-test timeout is 30 minutes here.
 # tools/valgrind.supp holds the suppressions, each with the stack that justifies it. Leaks are
 # not counted: CPython 3.12+ never frees its interned strings, so every run, corolet or not,
 # "definitely loses" thousands of PyUnicode blocks; the soak test and the suite's own leak
@@ -187,7 +188,7 @@ valgrind-here: build
 	PYTHONMALLOC=malloc valgrind --error-exitcode=99 --leak-check=no \
 	    --suppressions=tools/valgrind.supp --num-callers=40 $(VALGRIND_FLAGS) \
 	    --log-file=$(CARGO_TARGET)/valgrind.log \
-	    $(VPY) -m pytest -q -p no:cacheprovider $(VALGRIND_TESTS) \
+	    $(VPY) -m pytest -q -p no:cacheprovider --timeout=1800 $(VALGRIND_TESTS) \
 	    || { grep -E "ERROR SUMMARY" $(CARGO_TARGET)/valgrind.log; \
 	         echo "make valgrind: failed; see $(CARGO_TARGET)/valgrind.log"; exit 1; }
 	@grep -E "ERROR SUMMARY" $(CARGO_TARGET)/valgrind.log
