@@ -3,7 +3,8 @@
 //! Layers, bottom to top; each uses only those above it in this list:
 //!
 //! - [`stack`]: pooled native stacks carved from large slabs, with guard pages (no Python);
-//!   its bookkeeping lives in [`pagevec`]s, arrays whose unused pages go back to the OS.
+//!   its bookkeeping lives in [`pagevec`]s, arrays whose unused pages go back to the OS;
+//!   [`valgrind`] tells it when to reserve less address space.
 //! - [`fiber`]: symmetric switching between a thread's main context and its fibers, on top
 //!   of corosensei's asymmetric coroutines (no Python).
 //! - [`overflow`]: a clear message when a greenlet overflows its stack (signal handler).
@@ -22,6 +23,7 @@ pub mod fiber;
 pub mod overflow;
 pub mod pagevec;
 pub mod stack;
+pub mod valgrind;
 
 pub mod pyerr;
 pub mod pystate;

@@ -301,10 +301,19 @@ fn check_interpreter(py: Python<'_>) -> PyResult<()> {
     let built_debug = unsafe { pystate::corolet_compiled_debug() } != 0;
     let running_debug = sys.hasattr("gettotalrefcount")?;
     if built_debug != running_debug {
-        let kind = |debug: bool| if debug { "a debug" } else { "a release" };
+        let kind = |debug: bool| {
+            if debug {
+                "a debug build (Py_DEBUG)"
+            } else {
+                "a release build (no Py_DEBUG)"
+            }
+        };
+        let executable: String = sys.getattr("executable")?.extract()?;
         return Err(PyImportError::new_err(format!(
-            "corolet was built for {} build of CPython but this is {} build; \
-             rebuild it for this interpreter",
+            "corolet was built for {} of CPython {built_for} but is imported by {} of \
+             CPython {running_v} ({executable}); corolet reads CPython's internal state as \
+             those headers define it, so rebuild it with this interpreter: `{executable} -m pip install <corolet's source>`, \
+             or `maturin develop` in a virtualenv made with it",
             kind(built_debug),
             kind(running_debug)
         )));

@@ -61,6 +61,13 @@ fn decimal(mut n: usize, buf: &mut [u8; 24]) -> &[u8] {
     &buf[i..]
 }
 
+/// Bytes of the alternate stack the re-raise scan looks at, from its top down (the kernel's
+/// signal frame for the first fault sits at the top, under the saved FPU state).
+const SCAN_BYTES: usize = 64 * 1024;
+/// Where the scan copies them: one fault is handled at a time (`SCAN_BUSY`).
+static mut SCAN_BUF: [usize; SCAN_BYTES / 8] = [0; SCAN_BYTES / 8];
+static SCAN_BUSY: AtomicBool = AtomicBool::new(false);
+
 /// The faulting address of a fault that another handler caught first and then re-raised.
 ///
 /// faulthandler, enabled after corolet was imported, sits on top of our handler: it dumps its
@@ -70,8 +77,15 @@ fn decimal(mut n: usize, buf: &mut [u8; 24]) -> &[u8] {
 /// `sigcontext`) holds the trap number, the faulting address (`cr2`) and the stack pointer.
 /// A page fault (trap 14) at one of our guard pages, taken with the stack pointer next to it,
 /// is a greenlet's stack overflow. (The kernel writes a siginfo into the frame only for
-/// handlers that asked for one, and faulthandler's does not.) Async-signal-safe: only reads
-/// the alternate stack.
+/// handlers that asked for one, and faulthandler's does not.)
+///
+/// Reading: the words between this frame and the top of the alternate stack belong to other
+/// frames, with gaps between them (alignment, red zones) that no frame owns. They are not read
+/// directly but copied by the kernel (`process_vm_readv` on this process, which fails on what
+/// is not mapped instead of faulting) into a static buffer, and scanned there. Only where that
+/// system call is forbidden (a seccomp filter) are the words read in place, as mapped memory of
+/// this thread's own alternate stack. Async-signal-safe: system calls and the static buffer,
+/// taken by one handler at a time.
 #[cfg(target_arch = "x86_64")]
 fn reraised_fault_addr() -> Option<usize> {
     /// Words of `struct sigcontext` from the stack pointer to the trap number, and to `cr2`.
@@ -87,29 +101,51 @@ fn reraised_fault_addr() -> Option<usize> {
         alt
     };
     let low = alt.ss_sp as usize;
-    let high = low + alt.ss_size;
+    let high = (low + alt.ss_size) & !7;
     let here = ptr::addr_of!(alt) as usize;
     if alt.ss_flags & libc::SS_ONSTACK == 0 || here < low || here >= high {
         return None;
     }
-    let word = |p: usize| {
-        // SAFETY: callers keep p..p+8 within the alternate stack, which is mapped.
-        unsafe { ptr::read_volatile(p as *const usize) }
+    // From just above this frame to the top, at most SCAN_BYTES of it (the top part).
+    let start = ((here + 7) & !7).max(high.saturating_sub(SCAN_BYTES));
+    let len = high.checked_sub(start)?;
+    if SCAN_BUSY.swap(true, Ordering::Acquire) {
+        return None; // another thread's fault is being handled: the process ends anyway
+    }
+    // SAFETY: SCAN_BUSY gives this handler the buffer alone; len <= SCAN_BYTES.
+    let buf = unsafe { &mut *ptr::addr_of_mut!(SCAN_BUF) };
+    let words = &mut buf[..len / 8];
+    let local = libc::iovec {
+        iov_base: words.as_mut_ptr().cast(),
+        iov_len: len,
     };
-    let first = (here + 7) & !7;
-    let last = high.checked_sub((TRAPNO_TO_CR2 + 1) * 8)?;
-    (first + RSP_TO_TRAPNO * 8..=last)
-        .step_by(8)
-        .find_map(|trapno| {
-            if word(trapno) != PAGE_FAULT {
-                return None;
-            }
-            let cr2 = word(trapno + TRAPNO_TO_CR2 * 8);
-            let rsp = word(trapno - RSP_TO_TRAPNO * 8);
-            let size = stack::guard_page_stack_size(cr2)?;
-            // The stack pointer is at the guard page too (just above it, or already in it).
-            (rsp.abs_diff(cr2) < size).then_some(cr2)
-        })
+    let remote = libc::iovec {
+        iov_base: start as *mut libc::c_void,
+        iov_len: len,
+    };
+    // SAFETY: the kernel copies from this process's own memory into `words` (len bytes).
+    let copied = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    if copied < 0 {
+        // Forbidden here: read the same words in place instead.
+        for (i, w) in words.iter_mut().enumerate() {
+            // SAFETY: start + 8 * i lies in [here, high), this thread's mapped alternate stack.
+            *w = unsafe { ptr::read_volatile((start + 8 * i) as *const usize) };
+        }
+    }
+    let copied = if copied < 0 { len } else { copied as usize };
+    let words = &words[..copied / 8];
+    let found = (RSP_TO_TRAPNO..words.len().saturating_sub(TRAPNO_TO_CR2)).find_map(|t| {
+        if words[t] != PAGE_FAULT {
+            return None;
+        }
+        let cr2 = words[t + TRAPNO_TO_CR2];
+        let rsp = words[t - RSP_TO_TRAPNO];
+        let size = stack::guard_page_stack_size(cr2)?;
+        // The stack pointer is at the guard page too (just above it, or already in it).
+        (rsp.abs_diff(cr2) < size).then_some(cr2)
+    });
+    SCAN_BUSY.store(false, Ordering::Release);
+    found
 }
 
 #[cfg(not(target_arch = "x86_64"))]

@@ -61,6 +61,11 @@ const ALL_FREE: u64 = u64::MAX;
 /// allocator's address index a node per arena region, memory that stays after the greenlets
 /// are gone.
 const REGION_BYTES: usize = 1 << 40;
+/// What is reserved at a time instead when running under valgrind: memcheck keeps shadow
+/// bookkeeping for each 64 KiB of a mapping outside the low range its primary map covers, and
+/// a 1 TiB region made the first switch take 8 s and 1.5 GB there. 1 GiB still holds two
+/// slabs of 8 MiB stacks; more regions are reserved as needed, up to `MAX_REGIONS`.
+const VALGRIND_REGION_BYTES: usize = 1 << 30;
 /// Slabs per region at most (what 8 MiB stacks fit in `REGION_BYTES`): small stacks get
 /// smaller regions, so that the region table the fault handler reads stays short.
 const MAX_REGION_SLABS: usize = 2048;
@@ -314,6 +319,15 @@ impl Region {
         while self.slabs.last().is_some_and(|s| !s.active) {
             self.slabs.pop();
         }
+    }
+}
+
+/// Address space to reserve at a time for one stack size.
+fn region_bytes() -> usize {
+    if crate::valgrind::running() {
+        VALGRIND_REGION_BYTES
+    } else {
+        REGION_BYTES
     }
 }
 
@@ -669,7 +683,7 @@ impl Pool {
             region
         } else {
             let slab_len = class.slab_len();
-            let want = (REGION_BYTES / slab_len).clamp(1, MAX_REGION_SLABS) * slab_len;
+            let want = (region_bytes() / slab_len).clamp(1, MAX_REGION_SLABS) * slab_len;
             // Next to the previous reservation, so that all stacks stay in one range.
             let hint = self.next_hint;
             let (base, len) = map_reserved(hint, want, false)

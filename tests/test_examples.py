@@ -22,6 +22,10 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
+    # The examples' stderr must stay empty: no development mode (make test-dbg sets
+    # PYTHONDEVMODE), whose asyncio debug mode reports every callback slower than 0.1 s, as a
+    # debug build under load has.
+    env.pop("PYTHONDEVMODE", None)
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(corolet.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
     return env

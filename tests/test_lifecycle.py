@@ -17,8 +17,12 @@ pytestmark = pytest.mark.corolet_only
 
 def _run(code: str, *, mprotect_guards: bool = False) -> subprocess.CompletedProcess[str]:
     """Runs `code` in a fresh interpreter; `mprotect_guards` forces the guard-page fallback
-    of kernels before 6.13."""
-    env = {**os.environ, "COROLET_GUARD_PAGES": "mprotect"} if mprotect_guards else None
+    of kernels before 6.13. The tests set up faulthandler themselves, in the order they test,
+    so the child does not inherit one enabled at start-up (PYTHONDEVMODE, as `make test-dbg`
+    sets it, enables faulthandler; PYTHONFAULTHANDLER too)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDEVMODE", "PYTHONFAULTHANDLER")}
+    if mprotect_guards:
+        env["COROLET_GUARD_PAGES"] = "mprotect"
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         capture_output=True,

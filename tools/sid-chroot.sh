@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # CPython 3.14 and 3.15 for the test suite: a Debian sid chroot with Debian's python3.14 and
-# python3.15 packages (GIL builds), set up and entered by this script. Run as root.
+# python3.15 packages (GIL builds; release and -dbg), set up and entered by this script. Run as
+# root.
 #
 #   tools/sid-chroot.sh setup          create or complete the chroot (idempotent)
 #   tools/sid-chroot.sh run CMD...     run CMD inside it, in this checkout (set up first if needed)
@@ -26,9 +27,9 @@ set -euo pipefail
 
 CHROOT=${COROLET_SID_CHROOT:-/var/cache/corolet/sid-chroot}
 PACKAGES=(python3.14-dev python3.14-venv python3.15-dev python3.15-venv
-          gcc g++ make git libc6-dev iproute2)
+          python3.14-dbg python3.15-dbg gcc g++ make git libc6-dev iproute2)
 # Bump when the recipe changes: a chroot with another stamp is brought up to date.
-RECIPE="2 ${PACKAGES[*]}"
+RECIPE="3 ${PACKAGES[*]}"
 CHECKOUT=$(cd "$(dirname "$0")/.." && pwd -P)
 RUSTUP_DIR=${RUSTUP_HOME:-$HOME/.rustup}
 CARGO_DIR=${CARGO_HOME:-$HOME/.cargo}

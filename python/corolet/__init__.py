@@ -15,7 +15,17 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
-from corolet import _corolet
+try:
+    from corolet import _corolet
+except ImportError as _exc:
+    import importlib.util
+
+    if importlib.util.find_spec("corolet._corolet") is not None:
+        raise  # found and refused (its own message), or broken
+    from corolet._buildcheck import explain as _explain
+
+    # No build this interpreter loads: say what there is instead and what to do.
+    raise ImportError(_explain(list(__path__))) from _exc
 from corolet._corolet import (
     _C_API,
     CLOCKS_PER_SEC,
