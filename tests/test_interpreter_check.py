@@ -78,9 +78,15 @@ def test_another_micro_version_or_release_level_is_accepted(change):
 def test_a_build_of_the_other_kind_is_refused():
     debug = hasattr(sys, "gettotalrefcount")
     setup = "del sys.gettotalrefcount" if debug else "sys.gettotalrefcount = lambda: 0"
-    built, running = ("a debug", "a release") if debug else ("a release", "a debug")
+    kinds = ("a debug build (Py_DEBUG)", "a release build (no Py_DEBUG)")
+    built, running = kinds if debug else kinds[::-1]
+    version = _version(sys.hexversion)
     out = _import_as(setup)
+    # What was found (both builds, the interpreter's path) and what to run.
     assert out == (
-        f"ImportError: corolet was built for {built} build of CPython but this is {running} "
-        "build; rebuild it for this interpreter"
+        f"ImportError: corolet was built for {built} of CPython {version} but is imported by "
+        f"{running} of CPython {version} ({sys.executable}); corolet reads CPython's internal "
+        "state as those headers define it, so rebuild it with this interpreter: "
+        f"`{sys.executable} -m pip install <corolet's source>`, or `maturin develop` in a "
+        "virtualenv made with it"
     )
