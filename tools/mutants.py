@@ -326,8 +326,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "src/pystate.c",
         "s->gc_cache = GC_CACHE_EMPTY; /* these frames are new to the collector */",
         "/* kept */",
-        "a greenlet that ran since the last collection is reported with its old frames'"
-        " references",
+        "a greenlet that ran since the last collection is reported with its old frames' references",
         GC,
     ),
 )
