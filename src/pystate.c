@@ -51,6 +51,14 @@
 #endif
 #endif
 
+#if PY311
+/* The frame-reference cache of a suspended greenlet (gc_cache): */
+#define GC_CACHE_EMPTY 0 /* not filled since the greenlet was last suspended (a zeroed blob) */
+#define GC_CACHE_OFF 1   /* not to be filled until it is suspended again */
+#define GC_CACHE_FIRST 2 /* filled: GC_CACHE_FIRST + n, n references in gc_refs */
+#define GC_CACHE_SLOTS 16
+#endif
+
 typedef struct {
 #if PY313
     struct _PyInterpreterFrame *current_frame;
@@ -93,10 +101,18 @@ typedef struct {
     _PyErr_StackItem *exc_info;
     _PyErr_StackItem exc_state; /* by value: owns its exception references */
     PyObject *context;          /* owned */
+#if PY311
+    /* What the frames of the suspended greenlet refer to, as corolet_pystate_traverse_frames
+     * last reported it (borrowed: the frames own them), so that the collector's further
+     * visits need not read the frames again: GC_CACHE_EMPTY, GC_CACHE_OFF, or
+     * GC_CACHE_FIRST + the number of entries. See corolet_pystate_traverse_frames. */
+    int gc_cache;
+    PyObject *gc_refs[GC_CACHE_SLOTS];
+#endif
 } corolet_pystate;
 
 /* The Rust side reserves this many bytes for the blob (see pystate.rs). */
-#define COROLET_PYSTATE_CAPACITY 160
+#define COROLET_PYSTATE_CAPACITY 320
 _Static_assert(sizeof(corolet_pystate) <= COROLET_PYSTATE_CAPACITY, "grow the Rust blob");
 
 size_t corolet_pystate_size(void) { return sizeof(corolet_pystate); }
@@ -166,6 +182,9 @@ void corolet_pystate_save(corolet_pystate *s)
     s->exc_info = ts->exc_info;
     s->exc_state = ts->exc_state;
     s->context = ts->context; /* the reference moves into the blob */
+#if PY311
+    s->gc_cache = GC_CACHE_EMPTY; /* these frames are new to the collector */
+#endif
 }
 
 /* Tracing turned on in one greenlet goes on in the next (3.10/3.11 keep the flag in the
@@ -490,6 +509,7 @@ int corolet_pystate_abandon(corolet_pystate *s, void *root)
     s->datastack_chunk = NULL;
     s->datastack_top = NULL;
     s->datastack_limit = NULL;
+    s->gc_cache = GC_CACHE_OFF;
 #else
     /* 3.10: frames are heap objects, each owned by the evaluation call on the abandoned
      * stack that runs it (generator frames excepted: their generator owns them). Drop
@@ -542,22 +562,60 @@ int corolet_pystate_traverse(corolet_pystate *s, visitproc visit, void *arg)
  * 3.14+: frames hold _PyStackRefs, and a tagged one (deferred, immortal, a tagged int or
  * NULL) owns no reference: only those that do are reported, as CPython's own collector counts
  * only references held on the object.
+ *
+ * The cache: a suspended frame's references cannot change until the greenlet runs again,
+ * except through a frame object (3.13's f_locals writes to the frame; any version's
+ * f_locals dict or trace hooks). So the first visit after a suspension also records what it
+ * reports in s->gc_refs (up to GC_CACHE_SLOTS references), and later visits (the collector
+ * visits every object two or three times a collection, and a parked greenlet sees many
+ * collections) report the recorded ones without reading the frames, which for a crowd are
+ * each a cache miss away (a chain of them). Invariants:
+ * - Filled only if no frame has a frame object anyone else holds (its reference count is 1,
+ *   the frame's own, and the collector does not track it, so nothing can reach it) and the
+ *   references fit; otherwise GC_CACHE_OFF: the frames are read every time.
+ * - corolet_pystate_save empties it (the greenlet ran: new frames, new references);
+ *   corolet_pystate_frame turns it off (a frame object is handed out); so does abandoning.
+ * - The recorded references are borrowed from the frames, which keep them as long as the
+ *   cache is filled: a filled cache reports exactly what reading the frames would.
  */
 #if PY314
-#define VISIT_REF(ref)                                                                        \
-    do {                                                                                      \
-        if (PyStackRef_RefcountOnObject(ref)) {                                               \
-            Py_VISIT(PyStackRef_AsPyObjectBorrow(ref));                                       \
-        }                                                                                     \
-    } while (0)
+#define REF_OBJECT(ref) (PyStackRef_RefcountOnObject(ref) ? PyStackRef_AsPyObjectBorrow(ref) : NULL)
 #else
-#define VISIT_REF(ref) Py_VISIT(ref)
+#define REF_OBJECT(ref) ((PyObject *)(ref))
 #endif
 
-int corolet_pystate_traverse_frames(const corolet_pystate *s, visitproc visit, void *arg,
+/* Reports one reference (NULL: none) and, while filling the cache, records it. */
+#define REPORT(op)                                                                            \
+    do {                                                                                      \
+        PyObject *op_ = (PyObject *)(op);                                                     \
+        if (op_ != NULL) {                                                                    \
+            if (filling) {                                                                    \
+                if (n < GC_CACHE_SLOTS) {                                                     \
+                    s->gc_refs[n++] = op_;                                                    \
+                } else {                                                                      \
+                    filling = 0;                                                              \
+                }                                                                             \
+            }                                                                                 \
+            int r_ = visit(op_, arg);                                                         \
+            if (r_ != 0) {                                                                    \
+                return r_;                                                                    \
+            }                                                                                 \
+        }                                                                                     \
+    } while (0)
+
+int corolet_pystate_traverse_frames(corolet_pystate *s, visitproc visit, void *arg,
                                     const void *ahead, const void *behind)
 {
 #if PY311
+    if (s->gc_cache >= GC_CACHE_FIRST) {
+        int cached = s->gc_cache - GC_CACHE_FIRST;
+        for (int i = 0; i < cached; i++) {
+            Py_VISIT(s->gc_refs[i]);
+        }
+        return 0;
+    }
+    int filling = s->gc_cache == GC_CACHE_EMPTY;
+    int n = 0;
     struct _PyInterpreterFrame *f = suspended_top(s);
     /* The frames sit together at the bottom of the greenlet's data stack, cold in the cache
      * on a full collection. `ahead` and `behind` are the data stacks of greenlets the
@@ -586,29 +644,36 @@ int corolet_pystate_traverse_frames(const corolet_pystate *s, visitproc visit, v
         }
 #if PY314
         PyCodeObject *code = (PyCodeObject *)PyStackRef_AsPyObjectBorrow(f->f_executable);
-        VISIT_REF(f->f_executable);
-        VISIT_REF(f->f_funcobj);
+        REPORT(REF_OBJECT(f->f_executable));
+        REPORT(REF_OBJECT(f->f_funcobj));
 #elif PY313
         PyCodeObject *code = (PyCodeObject *)f->f_executable;
-        Py_VISIT(f->f_executable);
-        Py_VISIT(f->f_funcobj);
+        REPORT(f->f_executable);
+        REPORT(f->f_funcobj);
 #elif PY312
         PyCodeObject *code = f->f_code;
-        Py_VISIT(f->f_code);
-        Py_VISIT(f->f_funcobj);
+        REPORT(f->f_code);
+        REPORT(f->f_funcobj);
 #else
         PyCodeObject *code = f->f_code;
-        Py_VISIT(f->f_code);
-        Py_VISIT(f->f_func);
+        REPORT(f->f_code);
+        REPORT(f->f_func);
 #endif
-        Py_VISIT(f->f_locals);
-        Py_VISIT(f->frame_obj);
+        REPORT(f->f_locals);
+        PyObject *frame_obj = (PyObject *)f->frame_obj;
+        if (frame_obj != NULL && (Py_REFCNT(frame_obj) != 1 || PyObject_GC_IsTracked(frame_obj))) {
+            filling = 0; /* someone can reach the frame through it */
+        }
+        REPORT(frame_obj);
         if (code == NULL || !PyCode_Check((PyObject *)code)) {
             continue;
         }
         for (int i = 0; i < code->co_nlocalsplus; i++) {
-            VISIT_REF(f->localsplus[i]);
+            REPORT(REF_OBJECT(f->localsplus[i]));
         }
+    }
+    if (s->gc_cache == GC_CACHE_EMPTY) {
+        s->gc_cache = filling ? GC_CACHE_FIRST + n : GC_CACHE_OFF;
     }
 #else
     (void)ahead;
@@ -659,11 +724,15 @@ void corolet_pystate_set_context(corolet_pystate *s, PyObject *context)
  * only, so the suspended frame is made current for that one call, with the garbage collector
  * off so that no Python code can run meanwhile.
  */
-PyObject *corolet_pystate_frame(const corolet_pystate *s)
+PyObject *corolet_pystate_frame(corolet_pystate *s)
 {
 #if PY311
     PyThreadState *ts = PyThreadState_GET();
     struct _PyInterpreterFrame *suspended = suspended_top(s);
+    /* Through a frame object, Python code can change what a suspended frame refers to
+     * (3.13's f_locals writes to the frame itself): the collector must read the frames from
+     * now on until the greenlet is suspended again. */
+    s->gc_cache = GC_CACHE_OFF;
 #if PY313
     struct _PyInterpreterFrame **slot = &ts->current_frame;
 #else

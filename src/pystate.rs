@@ -11,7 +11,7 @@ use std::ffi::c_void;
 use pyo3::ffi;
 
 /// Bytes reserved for the C struct; `pystate.c` checks that it fits.
-const CAPACITY: usize = 160;
+const CAPACITY: usize = 320;
 
 /// One greenlet's saved interpreter state (opaque; laid out by `pystate.c`).
 #[repr(C, align(16))]
@@ -60,7 +60,7 @@ extern "C" {
     pub fn corolet_pystate_traverse(s: *mut PyState, visit: Visit, arg: *mut c_void) -> i32;
     /// GC traversal of what the suspended frames of `s` hold (see `pystate.c`).
     pub fn corolet_pystate_traverse_frames(
-        s: *const PyState,
+        s: *mut PyState,
         visit: Visit,
         arg: *mut c_void,
         ahead: *const c_void,
@@ -74,7 +74,7 @@ extern "C" {
     pub fn corolet_pystate_set_context(s: *mut PyState, context: *mut ffi::PyObject);
     /// The frame a suspended greenlet resumes in: a new reference, or null (with an
     /// exception set only on failure).
-    pub fn corolet_pystate_frame(s: *const PyState) -> *mut ffi::PyObject;
+    pub fn corolet_pystate_frame(s: *mut PyState) -> *mut ffi::PyObject;
     /// Borrowed context of the running greenlet (or null).
     pub fn corolet_tstate_context() -> *mut ffi::PyObject;
     /// Replaces the running greenlet's context, stealing a reference.

@@ -177,3 +177,94 @@ def test_collections_stay_right_while_greenlets_start_and_go_in_any_order():
     gc.collect()
     greenlet(lambda: None).switch()  # deferred kills run when this thread next runs greenlets
     assert sorted(kills + finished) == list(range(1500))
+
+
+class _Marker:
+    pass
+
+
+def test_every_visit_of_a_parked_greenlet_reports_the_same_references():
+    # The first visit after a suspension reads the frames and records what it reports; the
+    # later ones report the record: both must give the frames' references.
+    main = getcurrent()
+    held = _Marker()
+
+    def body():
+        mine = held
+        inner = _Marker()
+        main.switch()
+        return mine, inner
+
+    g = _parked(body)
+    first = gc.get_referents(g)
+    second = gc.get_referents(g)
+    assert [id(o) for o in first] == [id(o) for o in second]
+    assert any(o is held for o in second)
+    assert sum(isinstance(o, _Marker) for o in second) == 2
+    gc.collect()
+    mine, inner = g.switch()
+    assert mine is held and isinstance(inner, _Marker)
+
+
+def _write_local(frame, name, value):
+    """Rebinds a local of a suspended frame through its frame object, as a debugger does."""
+    import sys
+
+    if sys.version_info >= (3, 13):
+        frame.f_locals[name] = value  # PEP 667: writes to the frame itself
+        return
+    import ctypes
+
+    frame.f_locals[name] = value  # the snapshot dict, copied back into the frame:
+    ctypes.pythonapi.PyFrame_LocalsToFast(ctypes.py_object(frame), ctypes.c_int(0))
+
+
+def test_a_local_rebound_through_gr_frame_while_parked_is_what_the_collector_sees():
+    # The recorded references must not outlive a change made through a frame object: the
+    # old object is freed, and reporting it would hand the collector a dead object.
+    main = getcurrent()
+
+    def body():
+        x = _Marker()
+        main.switch()
+        return x
+
+    g = _parked(body)
+    before = [o for o in gc.get_referents(g) if isinstance(o, _Marker)]
+    assert len(before) == 1
+    old = weakref.ref(before[0])
+    del before
+    replacement = _Marker()
+    frame = g.gr_frame
+    _write_local(frame, "x", replacement)
+    del frame
+    assert old() is None
+    after = [o for o in gc.get_referents(g) if isinstance(o, _Marker)]
+    assert after == [replacement]
+    del after
+    gc.collect()
+    assert g.switch() is replacement
+
+
+def test_references_made_after_a_collection_are_seen_once_the_greenlet_parks_again():
+    main = getcurrent()
+    box = []
+
+    def body():
+        main.switch()
+        late = _Marker()
+        box.append(weakref.ref(late))
+        me = getcurrent()  # a cycle through the frame, made after the first collection
+        main.switch()
+        del me, late
+
+    g = _parked(body)
+    gc.collect()  # records the frames' references as they are now
+    g.switch()
+    ref = weakref.ref(g)
+    del g
+    gc.collect()  # must read the new frames: the cycle is found, the greenlet killed
+    getcurrent()
+    gc.collect()
+    assert ref() is None
+    assert box[0]() is None

@@ -35,6 +35,7 @@ CHECK = ("tests/test_interpreter_check.py",)
 BRIDGE = ("tests/test_bridge.py",)
 INSTALL = ("tests/test_install.py",)
 RUNNERS = ("tests/test_runners.py",)
+GC = ("tests/test_gc.py",)
 
 MUTANTS: tuple[Mutant, ...] = (
     # --- src/switch.rs: what a switch delivers ------------------------------------------------
@@ -309,5 +310,23 @@ MUTANTS: tuple[Mutant, ...] = (
         "return len(verdict.unexpected) + len(verdict.now_passing)",
         "a listed gevent file that is no longer run does not fail the run",
         RUNNERS,
+    ),
+    # --- src/pystate.c: the collector's record of a parked greenlet's frame references ---------
+    Mutant(
+        "gc-cache-kept-after-gr-frame",
+        "src/pystate.c",
+        "    s->gc_cache = GC_CACHE_OFF;\n#if PY313\n    struct _PyInterpreterFrame **slot",
+        "#if PY313\n    struct _PyInterpreterFrame **slot",
+        "a local rebound through gr_frame while parked leaves the collector reporting the old,"
+        " freed object",
+        GC,
+    ),
+    Mutant(
+        "gc-cache-kept-across-a-run",
+        "src/pystate.c",
+        "s->gc_cache = GC_CACHE_EMPTY; /* these frames are new to the collector */",
+        "/* kept */",
+        "a greenlet that ran since the last collection is reported with its old frames' references",
+        GC,
     ),
 )
