@@ -220,8 +220,10 @@ def _write_local(frame, name, value):
 
 
 def test_a_local_rebound_through_gr_frame_while_parked_is_what_the_collector_sees():
-    # The recorded references must not outlive a change made through a frame object: the
-    # old object is freed, and reporting it would hand the collector a dead object.
+    # The recorded references must not outlive a change made through a frame object: up to
+    # 3.13 the old object is freed by the write, and reporting it would hand the collector a
+    # dead object (a segfault); 3.14 and 3.15 keep it alive a while longer, elsewhere than in
+    # the frame, and reporting it would be a wrong reference.
     main = getcurrent()
 
     def body():
@@ -238,9 +240,9 @@ def test_a_local_rebound_through_gr_frame_while_parked_is_what_the_collector_see
     frame = g.gr_frame
     _write_local(frame, "x", replacement)
     del frame
-    assert old() is None
     after = [o for o in gc.get_referents(g) if isinstance(o, _Marker)]
-    assert after == [replacement]
+    assert len(after) == 1 and after[0] is replacement
+    assert old() is None or old() is not after[0]
     del after
     gc.collect()
     assert g.switch() is replacement
