@@ -40,9 +40,12 @@ processes hold that CPU does not count (wall-clock figures on a busy 2-core mach
 faults (``getrusage(RUSAGE_SELF).ru_minflt``, both threads) are counted over each phase and
 reported per row and per get. The parent runs ``--rounds`` rounds, alternating which side
 goes first, and keeps each side's best figure over all rounds and runs. The ratio is
-corolet / greenlet throughput (above 1, corolet is faster). Most of the time goes to the ORM's
-Python code and the two-thread driver; what the greenlet implementation changes is the cost of
-the switches and of running the ORM's frames inside a greenlet.
+corolet / greenlet throughput (above 1, corolet is faster); *per round* gives that ratio's
+range when each round's best figures are compared on their own, the noise the best-of ratio
+sits in (on this machine's 2 shared cores, 0.9-1.1 for the same build is usual). Most of the
+time goes to the ORM's Python code and the two-thread driver; what the greenlet
+implementation changes is the cost of the switches and of running the ORM's frames inside a
+greenlet.
 
 ``--fast`` (one round, one short run per side; CI keeps the benchmark working with it) takes a
 few seconds, plus about 15 s the first time, to make the greenlet venv. The exit status is
@@ -331,16 +334,34 @@ def fmt(value: float | None, key: str) -> str:
 
 
 def table(results: dict, header: str) -> tuple[str, list[dict]]:
-    lines = [header, "", "| workload | corolet | greenlet | corolet / greenlet |"]
-    lines.append("|---|---:|---:|---:|")
+    lines = [header, "", "| workload | corolet | greenlet | corolet / greenlet | per round |"]
+    lines.append("|---|---:|---:|---:|---:|")
     rows = []
     for key, label, unit in METRICS:
         c, g = best_of(results["corolet"], key), best_of(results["greenlet"], key)
         ratio = c / g if c is not None and g else None
-        rows.append({"metric": key, "label": f"{label}, {unit}", "corolet": c, "greenlet": g})
-        shown = "—" if ratio is None or key.endswith("faults") else f"{ratio:.2f}"
-        lines.append(f"| {label}, {unit} | {fmt(c, key)} | {fmt(g, key)} | {shown} |")
+        spread = round_ratios(results, key)
+        rows.append(
+            {"metric": key, "label": f"{label}, {unit}", "corolet": c, "greenlet": g}
+            | {"round_ratios": spread}
+        )
+        if ratio is None or key.endswith("faults"):
+            shown = per_round = "—"
+        else:
+            shown = f"{ratio:.2f}"
+            per_round = f"{min(spread):.2f}-{max(spread):.2f}" if spread else "—"
+        lines.append(f"| {label}, {unit} | {fmt(c, key)} | {fmt(g, key)} | {shown} | {per_round} |")
     return "\n".join(lines), rows
+
+
+def round_ratios(results: dict, key: str) -> list[float]:
+    """corolet / greenlet for each round on its own (each side's best run of that round):
+    their range is the run-to-run noise the best-of ratio sits in."""
+    ratios = []
+    for c, g in zip(results["corolet"], results["greenlet"], strict=True):
+        if "error" not in c and "error" not in g and g[key]:
+            ratios.append(c[key] / g[key])
+    return ratios
 
 
 def parent(args: argparse.Namespace) -> int:
@@ -376,7 +397,8 @@ def parent(args: argparse.Namespace) -> int:
         f"{env['aiosqlite']}, file database; {described['corolet']} vs "
         f"{described['greenlet']}; best of {settings.rounds} round(s) x {settings.runs} "
         f"run(s); {settings.batches} x {settings.batch} rows inserted, {settings.gets} gets "
-        "per run; ratio = corolet / greenlet throughput (higher is better)"
+        "per run; ratio = corolet / greenlet throughput (higher is better); per round = "
+        "the range of that ratio taken round by round (the run-to-run noise)"
     )
     text, rows = table(results, header)
     print(text)
