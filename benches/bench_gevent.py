@@ -49,7 +49,9 @@ Workloads
     request in the table).
 ``crowd``
     10,000 greenlets spawned to park in ``Event.wait()``: time to create and park them all,
-    RSS per parked greenlet (``VmRSS``, measured once, in a fresh process), time to wake all
+    RSS per parked greenlet (``VmRSS``, measured once, in a fresh process), a full collection
+    while they are parked (``gc.collect()``, the best of three, in the thread's CPU time: corolet
+    reports what the parked frames refer to, greenlet does not), time to wake all
     (``event.set()`` and ``joinall``).
 ``event_deep100``
     ``event`` with each of the two greenlets waiting 100 C-level frames deep (recursion through
@@ -278,6 +280,11 @@ def crowd(g: SimpleNamespace, scale: float) -> dict:
     parked_ns = time.perf_counter_ns() - start
     after = rss()
     common.check(not any(x.ready() for x in glets), "a greenlet of the crowd did not park")
+    collections = []
+    for _ in range(3):
+        start = time.thread_time_ns()
+        gc.collect()
+        collections.append(time.thread_time_ns() - start)
     start = time.perf_counter_ns()
     ev.set()
     g.gevent.joinall(glets)
@@ -291,6 +298,7 @@ def crowd(g: SimpleNamespace, scale: float) -> dict:
         "park_us": parked_ns / n / 1e3,
         "wake_us": wake_ns / n / 1e3,
         "rss_per": (after - before) / n,
+        "gc_ms": min(collections) / 1e6,
     }
 
 
@@ -500,7 +508,8 @@ def table(rows: list[dict], header: str) -> str:
             notes.append(
                 f"crowd of {CROWD:,} (corolet / greenlet): create + park {both('park_us', '.2f')}"
                 f" µs per greenlet, wake {both('wake_us', '.2f')} µs per greenlet, RSS "
-                f"{both('rss_per', ',.0f')} B per parked greenlet"
+                f"{both('rss_per', ',.0f')} B per parked greenlet, a full collection while "
+                f"they are parked {both('gc_ms', '.1f')} ms"
             )
     return "\n".join(lines + ([""] + notes if notes else []))
 
