@@ -408,9 +408,23 @@ unsafe extern "C" fn tp_init(
 /// # Safety
 /// GIL held.
 pub unsafe fn new_with(run: *mut ffi::PyObject, parent: *mut ffi::PyObject) -> *mut ffi::PyObject {
-    // SAFETY: GIL held; creating an instance of our own type.
+    // SAFETY: GIL held.
+    unsafe { new_of_type(globals().ty, run, parent) }
+}
+
+/// `ty(run, parent)` for `ty` our type or a subtype that adds no state of its own (as
+/// `PortalGreenlet`), without a type call; either may be null. New reference.
+///
+/// # Safety
+/// GIL held; `ty` is the greenlet type or such a subtype.
+pub unsafe fn new_of_type(
+    ty: *mut ffi::PyTypeObject,
+    run: *mut ffi::PyObject,
+    parent: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: GIL held; creating an instance of our own layout.
     unsafe {
-        let g = tp_new(globals().ty, ptr::null_mut(), ptr::null_mut());
+        let g = tp_new(ty, ptr::null_mut(), ptr::null_mut());
         if g.is_null() {
             return NULL;
         }
