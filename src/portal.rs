@@ -33,6 +33,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::greenlet::{self, green, Life};
 use crate::portal_run::{portal_globals, PortalJob, Raised};
 use crate::pyerr::{ErrState, NULL};
+use crate::pystate;
 use crate::switch::{self, Kind};
 use crate::thread::ThreadState;
 
@@ -209,21 +210,18 @@ fn first_send(slf: &Bound<'_, Portal>, value: Bound<'_, PyAny>) -> PyResult<Py<P
         }
         let driver = (*ts).current();
         let p = Bound::from_owned_ptr_or_err(py, greenlet::new_of_type(pg.ty, job.as_ptr(), driver))?;
-        let mut context = ffi::PyObject_GetAttr(driver, pg.str_gr_context);
-        if context == ffi::Py_None() {
-            ffi::Py_DECREF(context);
-            // Makes this thread's context exist.
+        // The task's own context (the driver runs in it), made to exist if it does not yet.
+        let mut context = pystate::corolet_tstate_context();
+        if context.is_null() {
             let copy = ffi::PyContext_CopyCurrent();
             if copy.is_null() {
                 return Err(PyErr::fetch(py));
             }
             ffi::Py_DECREF(copy);
-            context = ffi::PyObject_GetAttr(driver, pg.str_gr_context);
+            context = pystate::corolet_tstate_context();
         }
-        let context = Bound::from_owned_ptr_or_err(py, context)?;
-        if ffi::PyObject_SetAttr(p.as_ptr(), pg.str_gr_context, context.as_ptr()) < 0 {
-            return Err(PyErr::fetch(py));
-        }
+        // P is unstarted: its saved state takes the context (a new reference).
+        pystate::corolet_pystate_set_context(green(p.as_ptr()).state.as_ptr(), ffi::Py_XNewRef(context));
         p
     };
     {

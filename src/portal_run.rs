@@ -78,7 +78,10 @@ SQLAlchemy's sense (its parent is the driver), so greenlet bridges' await_only w
         itemsize: 0,
         // The GC flag, layout and slots are the base's (no __dict__ of its own: the base
         // has one).
-        flags: (ffi::Py_TPFLAGS_DEFAULT | ffi::Py_TPFLAGS_BASETYPE) as _,
+        // Immutable: no `run` can be added to it, so starting switches read `run` directly
+        // (`greenlet::register_plain_subtype`).
+        flags: (ffi::Py_TPFLAGS_DEFAULT | ffi::Py_TPFLAGS_BASETYPE | ffi::Py_TPFLAGS_IMMUTABLETYPE)
+            as _,
         slots: slots.cast::<ffi::PyType_Slot>(),
     }));
     // SAFETY: GIL held; leaked spec; `base` is our live type.
@@ -88,7 +91,16 @@ SQLAlchemy's sense (its parent is the driver), so greenlet bridges' await_only w
             ffi::PyType_FromSpecWithBases(spec, base as *mut ffi::PyObject),
         )?
     };
-    ty.setattr("__sqlalchemy_greenlet_provider__", true)?;
+    // SAFETY: GIL held; a ready heap type has its own dictionary, changed here behind its
+    // attribute cache before any instance exists.
+    unsafe {
+        let dict = (*(ty.as_ptr() as *mut ffi::PyTypeObject)).tp_dict;
+        if ffi::PyDict_SetItemString(dict, c"__sqlalchemy_greenlet_provider__".as_ptr(), ffi::Py_True()) < 0 {
+            return Err(PyErr::fetch(py));
+        }
+        ffi::PyType_Modified(ty.as_ptr() as *mut ffi::PyTypeObject);
+    }
+    greenlet::register_plain_subtype(ty.as_ptr() as *mut ffi::PyTypeObject);
     // SAFETY: GIL held.
     let detach = unsafe {
         Bound::from_owned_ptr_or_err(

@@ -164,7 +164,7 @@ unsafe fn resolve(ts: &ThreadState, target: *mut ffi::PyObject) -> Result<*mut f
 unsafe fn prepare_start(ts: &ThreadState, g: *mut ffi::PyObject) -> Result<bool, ()> {
     // SAFETY: GIL held; `g` is a live, unstarted greenlet.
     unsafe {
-        let run = ffi::PyObject_GetAttr(g, globals().str_run);
+        let run = crate::greenlet::lookup_run(g);
         if run.is_null() {
             return Err(());
         }
