@@ -101,9 +101,8 @@ fn bridge(slf: &Bound<'_, Portal>, p: Py<PyAny>, aw: Bound<'_, PyAny>) -> PyResu
     let py = slf.py();
     let run = pyo3::wrap_pyfunction!(crate::portal_run::_portal_await, py)?;
     // SAFETY: GIL held; live arguments.
-    let helper = unsafe {
-        Bound::from_owned_ptr_or_err(py, greenlet::new_with(run.as_ptr(), p.as_ptr()))?
-    };
+    let helper =
+        unsafe { Bound::from_owned_ptr_or_err(py, greenlet::new_with(run.as_ptr(), p.as_ptr()))? };
     slf.borrow_mut().resume = Some(helper.clone().unbind());
     step_into(slf, &helper, Kind::Value(aw.into_ptr()))
 }
@@ -149,7 +148,12 @@ fn rebind(slf: &Bound<'_, Portal>) -> PyResult<()> {
 }
 
 /// One step of an inactive portal, or a throw before P exists: straight to the coroutine.
-fn direct(slf: &Bound<'_, Portal>, coro: &Bound<'_, PyAny>, err: Option<ErrState>, value: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+fn direct(
+    slf: &Bound<'_, Portal>,
+    coro: &Bound<'_, PyAny>,
+    err: Option<ErrState>,
+    value: Bound<'_, PyAny>,
+) -> PyResult<Py<PyAny>> {
     let py = slf.py();
     slf.borrow_mut().state = RUNNING;
     // SAFETY: GIL held; live objects.
@@ -158,15 +162,23 @@ fn direct(slf: &Bound<'_, Portal>, coro: &Bound<'_, PyAny>, err: Option<ErrState
             None => {
                 let mut out = ptr::null_mut();
                 match ffi::PyIter_Send(coro.as_ptr(), value.as_ptr(), &mut out) {
-                    ffi::PySendResult::PYGEN_NEXT => return Ok(Bound::from_owned_ptr(py, out).unbind()),
+                    ffi::PySendResult::PYGEN_NEXT => {
+                        return Ok(Bound::from_owned_ptr(py, out).unbind())
+                    }
                     ffi::PySendResult::PYGEN_RETURN => {
                         finish(slf);
-                        return Err(PyStopIteration::new_err((Bound::from_owned_ptr(py, out).unbind(),)));
+                        return Err(PyStopIteration::new_err((
+                            Bound::from_owned_ptr(py, out).unbind(),
+                        )));
                     }
                     _ => NULL,
                 }
             }
-            Some(err) => ffi::PyObject_CallMethodOneArg(coro.as_ptr(), portal_globals().str_throw, err.value()),
+            Some(err) => ffi::PyObject_CallMethodOneArg(
+                coro.as_ptr(),
+                portal_globals().str_throw,
+                err.value(),
+            ),
         };
         if r.is_null() {
             let e = PyErr::fetch(py);
@@ -189,16 +201,22 @@ fn first_send(slf: &Bound<'_, Portal>, value: Bound<'_, PyAny>) -> PyResult<Py<P
         )
     };
     if state == FINISHED {
-        return Err(PyRuntimeError::new_err("cannot reuse already awaited coroutine"));
+        return Err(PyRuntimeError::new_err(
+            "cannot reuse already awaited coroutine",
+        ));
     }
     if !active {
         let Some(coro) = coro else {
-            return Err(PyRuntimeError::new_err("corolet.portal: an inactive portal with no coroutine"));
+            return Err(PyRuntimeError::new_err(
+                "corolet.portal: an inactive portal with no coroutine",
+            ));
         };
         return direct(slf, coro.bind(py), None, value);
     }
     if coro.is_none() && sync.is_none() {
-        return Err(PyRuntimeError::new_err("corolet.portal: a portal with nothing to run"));
+        return Err(PyRuntimeError::new_err(
+            "corolet.portal: a portal with nothing to run",
+        ));
     }
     let job = Py::new(py, PortalJob::new(coro, sync))?;
     let pg = portal_globals();
@@ -209,7 +227,8 @@ fn first_send(slf: &Bound<'_, Portal>, value: Bound<'_, PyAny>) -> PyResult<Py<P
             return Err(PyErr::fetch(py));
         }
         let driver = (*ts).current();
-        let p = Bound::from_owned_ptr_or_err(py, greenlet::new_of_type(pg.ty, job.as_ptr(), driver))?;
+        let p =
+            Bound::from_owned_ptr_or_err(py, greenlet::new_of_type(pg.ty, job.as_ptr(), driver))?;
         // The task's own context (the driver runs in it), made to exist if it does not yet.
         let mut context = pystate::corolet_tstate_context();
         if context.is_null() {
@@ -221,7 +240,10 @@ fn first_send(slf: &Bound<'_, Portal>, value: Bound<'_, PyAny>) -> PyResult<Py<P
             context = pystate::corolet_tstate_context();
         }
         // P is unstarted: its saved state takes the context (a new reference).
-        pystate::corolet_pystate_set_context(green(p.as_ptr()).state.as_ptr(), ffi::Py_XNewRef(context));
+        pystate::corolet_pystate_set_context(
+            green(p.as_ptr()).state.as_ptr(),
+            ffi::Py_XNewRef(context),
+        );
         p
     };
     {
@@ -356,7 +378,12 @@ impl Portal {
             let mut tag = ptr::null_mut();
             // SAFETY: GIL held; `resume` is a live greenlet.
             let r = unsafe {
-                switch::switch_to_tagged(resume.as_ptr(), Kind::Raise(err), ptr::null_mut(), &mut tag)
+                switch::switch_to_tagged(
+                    resume.as_ptr(),
+                    Kind::Raise(err),
+                    ptr::null_mut(),
+                    &mut tag,
+                )
             };
             // SAFETY: GIL held; owned results.
             unsafe {
@@ -454,16 +481,24 @@ impl Portal {
 
     #[getter]
     fn cr_running(&self, py: Python<'_>) -> PyResult<bool> {
-        self.inner_attr(py, "cr_running", false.into_pyobject(py)?.to_owned().into_any().unbind())?
-            .bind(py)
-            .is_truthy()
+        self.inner_attr(
+            py,
+            "cr_running",
+            false.into_pyobject(py)?.to_owned().into_any().unbind(),
+        )?
+        .bind(py)
+        .is_truthy()
     }
 
     #[getter]
     fn cr_suspended(&self, py: Python<'_>) -> PyResult<bool> {
-        self.inner_attr(py, "cr_suspended", false.into_pyobject(py)?.to_owned().into_any().unbind())?
-            .bind(py)
-            .is_truthy()
+        self.inner_attr(
+            py,
+            "cr_suspended",
+            false.into_pyobject(py)?.to_owned().into_any().unbind(),
+        )?
+        .bind(py)
+        .is_truthy()
     }
 
     #[getter]
@@ -515,7 +550,10 @@ impl Portal {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        for o in [&self.coro, &self.greenlet, &self.resume].into_iter().flatten() {
+        for o in [&self.coro, &self.greenlet, &self.resume]
+            .into_iter()
+            .flatten()
+        {
             visit.call(o)?;
         }
         if let Some(s) = &self.sync {
@@ -534,7 +572,9 @@ impl Portal {
 
 impl Portal {
     fn inner_attr(&self, py: Python<'_>, name: &str, default: Py<PyAny>) -> PyResult<Py<PyAny>> {
-        let Some(coro) = &self.coro else { return Ok(default) };
+        let Some(coro) = &self.coro else {
+            return Ok(default);
+        };
         match coro.bind(py).getattr(name) {
             Ok(v) => Ok(v.unbind()),
             Err(e) if e.is_instance_of::<PyAttributeError>(py) => Ok(default),

@@ -95,7 +95,12 @@ SQLAlchemy's sense (its parent is the driver), so greenlet bridges' await_only w
     // attribute cache before any instance exists.
     unsafe {
         let dict = (*(ty.as_ptr() as *mut ffi::PyTypeObject)).tp_dict;
-        if ffi::PyDict_SetItemString(dict, c"__sqlalchemy_greenlet_provider__".as_ptr(), ffi::Py_True()) < 0 {
+        if ffi::PyDict_SetItemString(
+            dict,
+            c"__sqlalchemy_greenlet_provider__".as_ptr(),
+            ffi::Py_True(),
+        ) < 0
+        {
             return Err(PyErr::fetch(py));
         }
         ffi::PyType_Modified(ty.as_ptr() as *mut ffi::PyTypeObject);
@@ -188,13 +193,20 @@ impl PortalJob {
                 unsafe { Bound::from_owned_ptr_or_err(py, r) }.map(Bound::unbind)
             }
             (None, Some(sync)) => call_sync(sync.bind(py)),
-            (None, None) => Err(PyRuntimeError::new_err("corolet.portal: a job with no work")),
+            (None, None) => Err(PyRuntimeError::new_err(
+                "corolet.portal: a job with no work",
+            )),
         };
+        // SAFETY: GIL held; `exit` is a live exception class, kept forever.
+        let exit = unsafe { Bound::from_borrowed_ptr(py, globals().exit) };
         match outcome {
-            // SAFETY: GIL held; `exit` is a live exception class.
-            Err(e) if e.is_instance(py, unsafe { &Bound::from_borrowed_ptr(py, globals().exit) }) => {
-                Ok(Py::new(py, Raised { error: e.into_value(py).into_any() })?.into_any())
-            }
+            Err(e) if e.is_instance(py, &exit) => Ok(Py::new(
+                py,
+                Raised {
+                    error: e.into_value(py).into_any(),
+                },
+            )?
+            .into_any()),
             other => other,
         }
     }
@@ -386,7 +398,7 @@ pub fn _portal_switch(
 ) -> PyResult<Py<PyAny>> {
     // SAFETY: GIL held; live arguments.
     unsafe {
-        if !greenlet::is_greenlet(driver.as_ptr()) {
+        if driver.is_none() || !greenlet::is_greenlet(driver.as_ptr()) {
             return Err(pyo3::exceptions::PyTypeError::new_err(
                 "_portal_switch() needs a greenlet to switch to",
             ));

@@ -1,17 +1,16 @@
 """``await_``: sync code in a portal task waits for an awaitable.
 
-Model
------
-``await_(aw)`` runs in whatever greenlet calls it: the portal's greenlet *P* (see ``_core.py``)
-or a greenlet started under P. It finds P by walking up the greenlet parents, then steps ``aw``
-itself, switching each thing ``aw`` yields straight to P's parent (the driver, where the event
-loop runs), the switch tagged with ``resume``: the calling greenlet, or None for P itself
-(``_corolet._portal_switch``; native coroutines are stepped by ``_corolet._portal_await``,
-the same loop in Rust, ``src/portal_run.rs``). The loop's answer (a value, or an exception such as ``CancelledError``) comes back
-at this very call and goes into ``aw``, so a cancellation or timeout is raised in the sync code,
-where its ``finally`` blocks run. Native coroutines and generators are stepped directly, so a
-traceback shows ``await_`` once between the sync caller and the coroutine; other awaitables go
-through ``__await__`` (or their own ``send``/``throw`` when they are coroutines by the ABC).
+Model ----- ``await_(aw)`` runs in whatever greenlet calls it: the portal's greenlet *P* (see
+``_core.py``) or a greenlet started under P. It finds P by walking up the greenlet parents,
+then steps ``aw`` itself, switching each thing ``aw`` yields straight to P's parent (the
+driver, where the event loop runs), the switch tagged with ``resume``: the calling greenlet, or
+None for P itself (``_corolet._portal_switch``; native coroutines are stepped by
+``_corolet._portal_await``, the same loop in Rust, ``src/portal_run.rs``). The loop's answer (a
+value, or an exception such as ``CancelledError``) comes back at this very call and goes into
+``aw``, so a cancellation or timeout is raised in the sync code, where its ``finally`` blocks
+run. Native coroutines and generators are stepped directly, so a traceback shows ``await_``
+once between the sync caller and the coroutine; other awaitables go through ``__await__`` (or
+their own ``send``/``throw`` when they are coroutines by the ABC).
 
 Outside a portal, in a greenlet a bridge spawned (``greenlet_spawn``: its
 ``__sqlalchemy_greenlet_provider__`` flag), ``await_`` hands the awaitable to that bridge's

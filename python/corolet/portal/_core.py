@@ -24,15 +24,15 @@ code, where its ``finally`` blocks run.
 
 Messages from P's side to the driver are switches *tagged* with ``resume`` (the tag travels
 beside the value, inside the switch, not in a tuple): the greenlet to switch into with the
-loop's next answer (``None``: P's own stepping loop). An untagged object from a live P is an awaitable sent by the greenlet bridge protocol (``await_only`` of
-SQLAlchemy or ``corolet.bridge``: P carries ``__sqlalchemy_greenlet_provider__`` and its parent
-is the driver, so they switch the awaitable to it); the portal then awaits it in a helper
-greenlet under P, which hands P the result (or raises in P) when done, as the protocol wants.
-When the job is done P ends: its return value is the coroutine's result, which the driver
-raises as ``StopIteration(result)``, and its exception (raised from its last switch) is the
-coroutine's (or sync function's), unchanged, which the driver raises from ``send``/``throw``
-(a ``GreenletExit``, which a greenlet's end would turn into a value, travels in a
-``Raised``).
+loop's next answer (``None``: P's own stepping loop). An untagged object from a live P is an
+awaitable sent by the greenlet bridge protocol (``await_only`` of SQLAlchemy or
+``corolet.bridge``: P carries ``__sqlalchemy_greenlet_provider__`` and its parent is the
+driver, so they switch the awaitable to it); the portal then awaits it in a helper greenlet
+under P, which hands P the result (or raises in P) when done, as the protocol wants. When the
+job is done P ends: its return value is the coroutine's result, which the driver raises as
+``StopIteration(result)``, and its exception (raised from its last switch) is the coroutine's
+(or sync function's), unchanged, which the driver raises from ``send``/``throw`` (a
+``GreenletExit``, which a greenlet's end would turn into a value, travels in a ``Raised``).
 
 Invariants
 ----------
