@@ -50,13 +50,6 @@ class PortalError(RuntimeError):
 def await_(aw: Awaitable[_T]) -> _T:
     """Wait for ``aw`` from synchronous code in a task that has a portal; return its result or
     raise its exception, as ``await aw`` would in async code."""
-    # Native coroutines are stepped natively; the rest come back to _await_slow. This frame
-    # stays in tracebacks, between the sync caller and the awaitable's frames.
-    return _portal_await(aw)  # type: ignore[no-any-return]
-
-
-def _await_slow(aw: Awaitable[_T]) -> _T:
-    """``await_`` for what ``_portal_await`` does not step itself (or outside a portal)."""
     current: greenlet | None = getcurrent()
     portal: greenlet | None = None
     if type(current) is PortalGreenlet:
@@ -70,9 +63,9 @@ def _await_slow(aw: Awaitable[_T]) -> _T:
             portal = portal.parent
     native: Any = aw
     kind: type = type(native)
-    if kind is _CoroutineType or (
-        kind is _GeneratorType and native.gi_code.co_flags & CO_ITERABLE_COROUTINE
-    ):
+    if kind is _CoroutineType:
+        return _portal_await(aw)  # type: ignore[no-any-return]  # stepped natively
+    if kind is _GeneratorType and native.gi_code.co_flags & CO_ITERABLE_COROUTINE:
         send: Callable[[Any], Any] = native.send
         throw: Callable[[BaseException], Any] = native.throw
     else:
@@ -94,6 +87,10 @@ def _await_slow(aw: Awaitable[_T]) -> _T:
         else:
             step = send
         del yielded
+
+
+# What _corolet._portal_await hands back what it does not step itself.
+_await_slow = await_
 
 
 def _steppers(aw: Any) -> tuple[Callable[[Any], Any], Callable[[BaseException], Any]]:
