@@ -42,6 +42,18 @@ Workloads
     makes its database calls through ``await_`` (plain: the async handler). Unit: one
     request.
 
+``service``
+    The same requests, each a task, but the "database" is a real server on a loopback TCP
+    socket in the same loop (asyncio streams, ``TCP_NODELAY``, a connection per concurrent
+    request, as a driver's pool): each of the three calls writes a line and reads the JSON row
+    the server's connection task sends back, so a request makes system calls and waits for
+    the loop's I/O, as a service with a real database does. Portal side: every task of the
+    loop has a portal (corolet: ``install()``, so the server's connection tasks too; greenback:
+    each request task calls ``ensure_portal()``). Unit: one request.
+``service_sync``
+    The same, the handler synchronous and its database calls made through ``await_``. Unit:
+    one request.
+
 ``--fast`` (one round, short runs; ``make bench-fast``) checks that every workload runs and
 gives the right checksums on both sides; the exit status is non-zero if a worker fails or a
 checksum differs, never because of a number.
@@ -59,6 +71,7 @@ import asyncio
 import gc
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -72,9 +85,11 @@ SCRIPT = Path(__file__).resolve()
 REPO = SCRIPT.parent.parent
 GREENBACK_VERSION = "1.3.0"
 IMPLS = ["corolet", "greenback"]
-WORKLOADS = ["step", "await", "await_ready", "requests", "requests_sync"]
+WORKLOADS = ["step", "await", "await_ready", "requests", "requests_sync", "service"]
+WORKLOADS += ["service_sync"]
 UNITS = {"step": "task step", "await": "await", "await_ready": "await"}
 UNITS |= {"requests": "request", "requests_sync": "request"}
+UNITS |= {"service": "request", "service_sync": "request"}
 FULL = SimpleNamespace(rounds=3, repeats=5, scale=1.0)
 FAST = SimpleNamespace(rounds=1, repeats=1, scale=0.05)
 WORKER_TIMEOUT_S = 300
@@ -199,6 +214,92 @@ async def requests_body(
     return time.perf_counter_ns() - start, checksum
 
 
+class SocketDatabase:
+    """A "database" behind a real loopback TCP socket: a server in the same loop answers each
+    line ``<key>`` with a JSON row, and each request slot has a connection of its own (as a
+    driver's pool would). A query is a write, the server task's read and reply, and a read:
+    system calls and an event-loop turn, as with a real driver."""
+
+    CONNECTIONS = 50
+
+    def __init__(self) -> None:
+        self.rows = {i: {"id": i, "name": f"user{i}", "score": i * 7 % 101} for i in range(64)}
+        self.server: asyncio.Server | None = None
+        self.conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            writer.write(json.dumps(self.rows[int(line) % 64]).encode() + b"\n")
+            await writer.drain()
+        writer.close()
+
+    async def open(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        for _ in range(self.CONNECTIONS):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.transport.get_extra_info("socket").setsockopt(
+                socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+            )
+            self.conns.append((reader, writer))
+
+    async def close(self) -> None:
+        for _, writer in self.conns:
+            writer.close()
+            await writer.wait_closed()
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def query(self, slot: int, key: int) -> dict[str, Any]:
+        reader, writer = self.conns[slot]
+        writer.write(b"%d\n" % key)
+        return json.loads(await reader.readline())  # type: ignore[no-any-return]
+
+
+async def service_plain(db: SocketDatabase, slot: int, body: str) -> str:
+    request = json.loads(body)
+    rows = [await db.query(slot, k) for k in request["keys"]]
+    scores = {row["name"]: row["score"] for row in rows}
+    best = max(scores, key=scores.__getitem__)
+    reply = {"id": request["id"], "best": best, "total": sum(scores.values()), "n": len(rows)}
+    return json.dumps(reply, sort_keys=True)
+
+
+async def service_portal(
+    impl: SimpleNamespace, db: SocketDatabase, slot: int, body: str, sync: bool
+) -> str:
+    if impl.ensure is not None:
+        await impl.ensure()
+    if not sync:
+        return await service_plain(db, slot, body)
+    await_ = impl.await_
+    return _handle(body, lambda key: await_(db.query(slot, key)))
+
+
+async def service_body(
+    impl: SimpleNamespace | None, batches: int, sync: bool = False
+) -> tuple[int, int]:
+    db = SocketDatabase()
+    await db.open()
+    checksum = 0
+    start = time.perf_counter_ns()
+    for b in range(batches):
+        bodies = [json.dumps({"id": b * 50 + i, "keys": [i, i + 3, i + 11]}) for i in range(50)]
+        if impl is None:
+            tasks = [asyncio.ensure_future(service_plain(db, i, x)) for i, x in enumerate(bodies)]
+        else:
+            tasks = [
+                asyncio.ensure_future(service_portal(impl, db, i, x, sync))
+                for i, x in enumerate(bodies)
+            ]
+        for reply in await asyncio.gather(*tasks):
+            checksum += len(reply) + json.loads(reply)["total"]
+    elapsed = time.perf_counter_ns() - start
+    await db.close()
+    return elapsed, checksum
+
+
 def one_run(impl: SimpleNamespace, workload: str, portal: bool, scale: float) -> tuple[int, int]:
     """(elapsed ns, checksum) of one timed run; the units are the workload's count."""
     in_portal = portal or workload in ("await", "await_ready")  # both sides in a portal task
@@ -208,6 +309,9 @@ def one_run(impl: SimpleNamespace, workload: str, portal: bool, scale: float) ->
             body = step_body(impl if portal else None, count(workload, scale))
         elif workload in ("await", "await_ready"):
             body = await_body(impl, count(workload, scale), workload == "await_ready", not portal)
+        elif workload.startswith("service"):
+            sync = workload == "service_sync"
+            body = service_body(impl if portal else None, count(workload, scale), sync)
         else:
             sync = workload == "requests_sync"
             body = requests_body(impl if portal else None, count(workload, scale), sync)
@@ -222,12 +326,13 @@ def one_run(impl: SimpleNamespace, workload: str, portal: bool, scale: float) ->
 
 def count(workload: str, scale: float) -> int:
     base = {"step": 200_000, "await": 200_000, "await_ready": 400_000}
-    base |= {"requests": 400, "requests_sync": 400}
+    base |= {"requests": 400, "requests_sync": 400, "service": 60, "service_sync": 60}
     return max(1, int(base[workload] * scale))
 
 
 def units(workload: str, scale: float) -> int:
-    return count(workload, scale) * (50 if workload.startswith("requests") else 1)
+    batched = workload.startswith(("requests", "service"))
+    return count(workload, scale) * (50 if batched else 1)
 
 
 def worker(impl_name: str, workload: str, repeats: int, scale: float, cpu: int | None) -> dict:
