@@ -38,6 +38,10 @@ Workloads
 ``create_switch_finish``
     ``greenlet(f).switch()`` with ``f`` returning at once: create, start, finish, free.
     ns per greenlet.
+``churn200``
+    A server's greenlets coming and going: batches of 200 greenlets created, each switched
+    into (it parks), then each resumed to finish, so 200 are alive at a time and every batch's
+    stacks come back to the pool together. ns per greenlet.
 ``throw_catch``
     ``child.throw(Bump)`` into a child that catches ``Bump`` in a loop and switches back with
     its count: ns per round trip.
@@ -154,6 +158,32 @@ def create_switch_finish(impl: SimpleNamespace, n: int) -> Result:
     return elapsed, n, {}
 
 
+CHURN_BATCH = 200
+
+
+def churn(impl: SimpleNamespace, n: int) -> Result:
+    new = impl.greenlet
+    main_switch = impl.getcurrent().switch
+
+    def body() -> int:
+        main_switch()
+        return 1
+
+    total = 0
+    batches = max(1, n // CHURN_BATCH)
+    start = time.perf_counter_ns()
+    for _ in repeat(None, batches):
+        batch = [new(body) for _ in repeat(None, CHURN_BATCH)]
+        for g in batch:
+            g.switch()
+        for g in batch:
+            total += g.switch()
+        del batch
+    elapsed = time.perf_counter_ns() - start
+    check(total == batches * CHURN_BATCH, f"{total} greenlets finished")
+    return elapsed, batches * CHURN_BATCH, {}
+
+
 class Bump(Exception):
     """The exception thrown into the child by ``throw_catch``."""
 
@@ -221,6 +251,7 @@ WORKLOADS = (
         "switch_depth500", "switch, 500 C levels deep", "switch", partial(ping_pong, depth=500)
     ),
     Workload("create_switch_finish", "create + switch + finish", "greenlet", create_switch_finish),
+    Workload("churn200", "create, park, finish, 200 alive at a time", "greenlet", churn),
     Workload("throw_catch", "throw + catch", "round trip", throw_catch),
     Workload("getcurrent", "getcurrent()", "call", getcurrent),
 )

@@ -14,6 +14,13 @@
 //! Reuse and giving memory back, cheapest first:
 //! - a returned stack joins its size's warm set (up to `WARM_STACKS`, handed out first, pages
 //!   kept: re-faulting a page costs more than creating a greenlet);
+//! - beyond that, up to `TEPID_STACKS` more are kept *tepid*: guard installed, the native
+//!   stack's pages given back but for the one below the split (`MADV_DONTNEED` of one range,
+//!   mostly empty: about 1.3 us), the data-stack area kept (at most `DATA_STACK_MAX`, a page or
+//!   two for most greenlets). Going cold and coming back costs a guard removal, a zap of the
+//!   whole slot, a guard install and fresh page-table and stack pages, about 12 us per stack,
+//!   which a server whose concurrent greenlets outnumber the warm set would pay for every
+//!   greenlet it starts;
 //! - beyond that it goes *cold*: its pages go back to the OS (`MADV_DONTNEED`) and, with
 //!   madvise guards, its guard is removed too, so that the page tables that held its pages can
 //!   be freed by the kernel (Linux 6.15+ frees empty ones on `MADV_DONTNEED`); the guard is
@@ -74,6 +81,9 @@ const MAX_REGION_SLABS: usize = 2048;
 const FIRST_REGION_HINT: usize = 1 << 44;
 /// Free stacks per size that keep their pages resident.
 const WARM_STACKS: usize = 32;
+/// Free stacks per size beyond the warm ones that keep their guard, their data-stack area and
+/// the native stack's top page (`trim_to_split`): four slabs' worth.
+const TEPID_STACKS: usize = 4 * SLOTS_PER_SLAB;
 /// `MADV_GUARD_INSTALL` / `MADV_GUARD_REMOVE` (Linux 6.13+); not in every libc crate release.
 const MADV_GUARD_INSTALL: libc::c_int = 102;
 const MADV_GUARD_REMOVE: libc::c_int = 103;
@@ -259,6 +269,22 @@ fn advise(addr: usize, len: usize, advice: libc::c_int) -> io::Result<()> {
     }
 }
 
+/// Gives back the native-stack pages of the free slot at `guard` (a stack of `size` bytes)
+/// below the page under the split (the page holding the split, where a shallow greenlet's
+/// native frames and first Python frames live, and the one below stay); the guard and the
+/// data-stack area stay. A failure leaves pages that could have been given back.
+fn trim_to_split(guard: usize, size: usize) -> io::Result<()> {
+    let page = page_size();
+    let top = guard + page + size;
+    let split_page = (top - data_stack_len(size)) & !(page - 1);
+    let keep_from = split_page - page;
+    advise(
+        guard + page,
+        keep_from - (guard + page),
+        libc::MADV_DONTNEED,
+    )
+}
+
 /// `mprotect` on a range of our own, as a `Result`.
 fn protect(addr: usize, len: usize, prot: libc::c_int) -> io::Result<()> {
     // SAFETY: callers pass ranges inside slabs of our own regions that hold no live stack,
@@ -331,6 +357,24 @@ fn region_bytes() -> usize {
     }
 }
 
+/// Adds `stack` to `set` (at most `cap` entries, the lowest addresses kept, so that a
+/// shrinking crowd leaves the high end of its regions free): the stack that does not fit
+/// (`stack` itself, or the set's highest when `stack` is lower), or None.
+fn keep_lowest(set: &mut Vec<usize>, cap: usize, stack: usize) -> Option<usize> {
+    if set.len() < cap {
+        set.push(stack);
+        return None;
+    }
+    let (i, &highest) = set.iter().enumerate().max_by_key(|&(_, &s)| s)?;
+    if highest < stack {
+        return Some(stack);
+    }
+    // The returned stack is handed out next (its pages are the most likely cached).
+    set.remove(i);
+    set.push(stack);
+    Some(highest)
+}
+
 /// Room in a size's slab lists: more slabs than address space can hold.
 const MAX_LISTED_SLABS: usize = 1 << 25;
 
@@ -344,6 +388,9 @@ struct SizeClass {
     guard_kind: GuardKind,
     /// Free stacks that keep their pages and guard (at most `WARM_STACKS`): guard address.
     warm: Vec<usize>,
+    /// Free stacks that keep their guard, their data-stack area and the native stack's top
+    /// page, the rest given back (at most `TEPID_STACKS`): guard address.
+    tepid: Vec<usize>,
     regions: Vec<Region>,
     /// (region, slab) of active slabs with cold free slots; entries whose slab has none
     /// left, or was released, are dropped when met.
@@ -403,6 +450,7 @@ impl SizeClass {
             size,
             guard_kind,
             warm: Vec::new(),
+            tepid: Vec::new(),
             regions: Vec::new(),
             with_free: list()?,
             released: list()?,
@@ -499,22 +547,16 @@ impl SizeClass {
         self.slab_base(region as usize, slab as usize)
     }
 
-    /// Keeps the lowest stacks warm: returns the stack that goes cold instead (`stack`
-    /// itself, or the highest warm one when `stack` is lower), or None if the warm set had
-    /// room. A stack is its guard address.
+    /// Keeps the lowest stacks warm: returns the stack that leaves the warm set instead
+    /// (`stack` itself, or the highest warm one when `stack` is lower), or None if the warm
+    /// set had room. A stack is its guard address.
     fn keep_warm(&mut self, stack: usize) -> Option<usize> {
-        if self.warm.len() < WARM_STACKS {
-            self.warm.push(stack);
-            return None;
-        }
-        let (i, &highest) = self.warm.iter().enumerate().max_by_key(|&(_, &s)| s)?;
-        if highest < stack {
-            return Some(stack);
-        }
-        // The returned stack is handed out next (its pages are the most likely cached).
-        self.warm.remove(i);
-        self.warm.push(stack);
-        Some(highest)
+        keep_lowest(&mut self.warm, WARM_STACKS, stack)
+    }
+
+    /// The same for the tepid set (`stack` already trimmed): the stack that goes cold.
+    fn keep_tepid(&mut self, stack: usize) -> Option<usize> {
+        keep_lowest(&mut self.tepid, TEPID_STACKS, stack)
     }
 
     /// A released slab to make active again, if any.
@@ -587,7 +629,8 @@ impl Pool {
     /// A stack of `size` bytes: its guard address.
     fn take(&mut self, size: usize) -> io::Result<usize> {
         let c = self.class_index(size)?;
-        if let Some(stack) = self.classes[c].warm.pop() {
+        let class = &mut self.classes[c];
+        if let Some(stack) = class.warm.pop().or_else(|| class.tepid.pop()) {
             self.live += 1;
             return Ok(stack);
         }
@@ -616,10 +659,16 @@ impl Pool {
             .position(|c| c.size == size)
             .expect("a stack comes from its size's class");
         let class = &mut self.classes[c];
-        let Some(guard) = class.keep_warm(guard) else {
+        let Some(mut guard) = class.keep_warm(guard) else {
             return;
         };
         let page = page_size();
+        if trim_to_split(guard, size).is_ok() {
+            match class.keep_tepid(guard) {
+                None => return,
+                Some(cold) => guard = cold,
+            }
+        }
         // Failures below only keep memory that could have been given back.
         let _ = if class.guard_kind == GuardKind::Madvise {
             advise(guard, page, MADV_GUARD_REMOVE)
@@ -869,6 +918,17 @@ mod tests {
         vec.iter().filter(|&&b| b & 1 != 0).count()
     }
 
+    /// Writes to the lowest usable page of `stack` (the page above its guard; `limit()` is
+    /// the guard's low end).
+    fn touch_deep(stack: &PooledStack) {
+        let deep = (stack.limit().get() + page_size()) as *mut u64;
+        // SAFETY: inside the usable range of a stack we own (its lowest page).
+        unsafe {
+            deep.write_volatile(7);
+            assert_eq!(deep.read_volatile(), 7);
+        }
+    }
+
     fn touch_top(stack: &PooledStack) {
         let top = (stack.top() - 8) as *mut u64;
         // SAFETY: inside the usable range of a stack we own.
@@ -948,26 +1008,39 @@ mod tests {
 
     fn crowd_round_trip(size: usize) {
         with_size(size, || {
-            let count = SLOTS_PER_SLAB * 5;
+            let kept_slabs = (WARM_STACKS + TEPID_STACKS).div_ceil(SLOTS_PER_SLAB);
+            let count = SLOTS_PER_SLAB * (kept_slabs + 5);
             let before = pool_stats();
             let stacks: Vec<_> = (0..count).map(|_| take_stack().unwrap()).collect();
             stacks.iter().for_each(touch_top);
+            stacks.iter().for_each(touch_deep);
             let grown = pool_stats();
             assert_eq!(grown.live, before.live + count);
             assert!(grown.slabs >= before.slabs + 5, "{before:?} {grown:?}");
             let tops: Vec<usize> = stacks.iter().map(|s| s.top() - page_size()).collect();
+            let deeps: Vec<usize> = stacks
+                .iter()
+                .map(|s| s.limit().get() + page_size())
+                .collect();
             drop(stacks);
             let after = pool_stats();
             assert_eq!(after.live, before.live);
-            // The warm stacks keep one slab, plus a spare; the rest are released.
-            assert!(after.slabs <= before.slabs + 2, "{before:?} {after:?}");
+            // The warm and tepid stacks keep their slabs (one more where they straddle two),
+            // plus a spare; the rest are released.
+            assert!(
+                after.slabs <= before.slabs + kept_slabs + 2,
+                "{before:?} {after:?}"
+            );
+            // Only warm stacks keep their deep native pages; tepid ones keep their tops.
+            let deep: usize = deeps.iter().map(|&d| resident_pages(d, 1)).sum();
+            assert!(deep <= WARM_STACKS, "{deep} deep pages still resident");
             assert!(
                 after.releases >= before.releases + 3,
                 "{before:?} {after:?}"
             );
             let resident: usize = tops.iter().map(|&t| resident_pages(t, 1)).sum();
             assert!(
-                resident <= WARM_STACKS,
+                resident <= WARM_STACKS + TEPID_STACKS,
                 "{resident} top pages still resident"
             );
             // Released slabs come back writable, with guards, at the same addresses.
