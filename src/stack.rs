@@ -15,7 +15,7 @@
 //! - a returned stack joins its size's warm set (up to `WARM_STACKS`, handed out first, pages
 //!   kept: re-faulting a page costs more than creating a greenlet);
 //! - beyond that, up to `TEPID_STACKS` more are kept *tepid*: guard installed, the native
-//!   stack's pages given back but for the one below the split (`MADV_DONTNEED` of one range,
+//!   stack's pages given back but for the two at the split (`MADV_DONTNEED` of one range,
 //!   mostly empty: about 1.3 us), the data-stack area kept (at most `DATA_STACK_MAX`, a page or
 //!   two for most greenlets). Going cold and coming back costs a guard removal, a zap of the
 //!   whole slot, a guard install and fresh page-table and stack pages, about 12 us per stack,
@@ -30,8 +30,8 @@
 //!   time): mapped afresh as `PROT_NONE`, which frees its pages, page tables and guards on any
 //!   kernel. Its address range stays reserved and is reused first.
 //!
-//! Both the warm set and the spare prefer low addresses, so that a shrinking crowd leaves the
-//! high end of its regions free to be released and its bookkeeping dropped.
+//! The warm and tepid sets and the spare prefer low addresses, so that a shrinking crowd
+//! leaves the high end of its regions free to be released and its bookkeeping dropped.
 //! Bookkeeping costs per slab (a 64-bit free mask), not per stack.
 //!
 //! Data stack: the top of every slot (`data_stack_len` bytes, up to 61.5 KiB) is set aside
@@ -82,7 +82,7 @@ const FIRST_REGION_HINT: usize = 1 << 44;
 /// Free stacks per size that keep their pages resident.
 const WARM_STACKS: usize = 32;
 /// Free stacks per size beyond the warm ones that keep their guard, their data-stack area and
-/// the native stack's top page (`trim_to_split`): four slabs' worth.
+/// the native stack's two pages at the split (`trim_to_split`): four slabs' worth.
 const TEPID_STACKS: usize = 4 * SLOTS_PER_SLAB;
 /// `MADV_GUARD_INSTALL` / `MADV_GUARD_REMOVE` (Linux 6.13+); not in every libc crate release.
 const MADV_GUARD_INSTALL: libc::c_int = 102;
@@ -388,8 +388,8 @@ struct SizeClass {
     guard_kind: GuardKind,
     /// Free stacks that keep their pages and guard (at most `WARM_STACKS`): guard address.
     warm: Vec<usize>,
-    /// Free stacks that keep their guard, their data-stack area and the native stack's top
-    /// page, the rest given back (at most `TEPID_STACKS`): guard address.
+    /// Free stacks that keep their guard, their data-stack area and the native stack's two
+    /// pages at the split, the rest given back (at most `TEPID_STACKS`): guard address.
     tepid: Vec<usize>,
     regions: Vec<Region>,
     /// (region, slab) of active slabs with cold free slots; entries whose slab has none
@@ -554,7 +554,7 @@ impl SizeClass {
         keep_lowest(&mut self.warm, WARM_STACKS, stack)
     }
 
-    /// The same for the tepid set (`stack` already trimmed): the stack that goes cold.
+    /// The same for the tepid set: the stack that goes cold instead, or None.
     fn keep_tepid(&mut self, stack: usize) -> Option<usize> {
         keep_lowest(&mut self.tepid, TEPID_STACKS, stack)
     }
@@ -659,16 +659,19 @@ impl Pool {
             .position(|c| c.size == size)
             .expect("a stack comes from its size's class");
         let class = &mut self.classes[c];
-        let Some(mut guard) = class.keep_warm(guard) else {
+        let Some(out) = class.keep_warm(guard) else {
+            return;
+        };
+        // `out` leaves the warm set. Kept tepid, its native pages go back (a failure only
+        // keeps them); the stack that does not fit there (already trimmed, or `out`) goes cold.
+        let evicted = class.keep_tepid(out);
+        if evicted != Some(out) {
+            let _ = trim_to_split(out, size);
+        }
+        let Some(guard) = evicted else {
             return;
         };
         let page = page_size();
-        if trim_to_split(guard, size).is_ok() {
-            match class.keep_tepid(guard) {
-                None => return,
-                Some(cold) => guard = cold,
-            }
-        }
         // Failures below only keep memory that could have been given back.
         let _ = if class.guard_kind == GuardKind::Madvise {
             advise(guard, page, MADV_GUARD_REMOVE)

@@ -207,9 +207,8 @@ def test_a_hundred_thousand_suspended_greenlets_live_at_once_then_die():
     assert exits == count
     stats = corolet._corolet._stack_stats()
     assert stats["live"] == live_before
-    # Emptied slabs are released: their pages, page tables and guards go back to the OS. The
-    # lowest 32 + 256 stacks stay warm or tepid (src/stack.rs): five slabs of 64, one more
-    # where they straddle, and a spare.
+    # Emptied slabs are released: their pages, page tables and guards go back to the OS, but
+    # for those the warm and tepid stacks keep (KEPT_SLABS).
     assert stats["slabs"] <= KEPT_SLABS, stats
     # The warm and tepid stacks keep a page-table page each (288, 1.2 MB): no more than that.
     assert _page_tables() < tables_before + 2 * 1024 * 1024, (tables_before, _page_tables())
