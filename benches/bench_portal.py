@@ -181,7 +181,7 @@ def _handle(body: str, fetch: Any) -> str:
     return json.dumps(reply, sort_keys=True)
 
 
-async def request_plain(db: FakeDatabase, body: str) -> str:
+async def request_plain(db: Any, body: str) -> str:
     request = json.loads(body)
     rows = [await db.query(k) for k in request["keys"]]
     scores = {row["name"]: row["score"] for row in rows}
@@ -190,7 +190,7 @@ async def request_plain(db: FakeDatabase, body: str) -> str:
     return json.dumps(reply, sort_keys=True)
 
 
-async def request_portal(impl: SimpleNamespace, db: FakeDatabase, body: str, sync: bool) -> str:
+async def request_portal(impl: SimpleNamespace, db: Any, body: str, sync: bool) -> str:
     if impl.ensure is not None:
         await impl.ensure()
     if not sync:
@@ -200,20 +200,33 @@ async def request_portal(impl: SimpleNamespace, db: FakeDatabase, body: str, syn
 
 
 async def requests_body(
-    impl: SimpleNamespace | None, batches: int, sync: bool = False
+    impl: SimpleNamespace | None, batches: int, sync: bool = False, sockets: bool = False
 ) -> tuple[int, int]:
-    db = FakeDatabase(asyncio.get_running_loop())
+    """Batches of 50 concurrent requests against the fake database, or (``sockets``) against
+    the one behind a socket, a connection per request slot."""
+    server = SocketDatabase() if sockets else None
+    if server is not None:
+        await server.open()
+        dbs: list[Any] = [server.client(i) for i in range(SocketDatabase.CONNECTIONS)]
+    else:
+        dbs = [FakeDatabase(asyncio.get_running_loop())] * 50
     checksum = 0
     start = time.process_time_ns()
     for b in range(batches):
         bodies = [json.dumps({"id": b * 50 + i, "keys": [i, i + 3, i + 11]}) for i in range(50)]
         if impl is None:
-            tasks = [asyncio.ensure_future(request_plain(db, body)) for body in bodies]
+            tasks = [asyncio.ensure_future(request_plain(dbs[i], x)) for i, x in enumerate(bodies)]
         else:
-            tasks = [asyncio.ensure_future(request_portal(impl, db, b, sync)) for b in bodies]
+            tasks = [
+                asyncio.ensure_future(request_portal(impl, dbs[i], x, sync))
+                for i, x in enumerate(bodies)
+            ]
         for reply in await asyncio.gather(*tasks):
             checksum += len(reply) + json.loads(reply)["total"]
-    return time.process_time_ns() - start, checksum
+    elapsed = time.process_time_ns() - start
+    if server is not None:
+        await server.close()
+    return elapsed, checksum
 
 
 class SocketDatabase:
@@ -253,53 +266,20 @@ class SocketDatabase:
         self.server.close()
         await self.server.wait_closed()
 
-    async def query(self, slot: int, key: int) -> dict[str, Any]:
+    def client(self, slot: int) -> SocketClient:
         reader, writer = self.conns[slot]
-        writer.write(b"%d\n" % key)
-        return json.loads(await reader.readline())  # type: ignore[no-any-return]
+        return SocketClient(reader, writer)
 
 
-async def service_plain(db: SocketDatabase, slot: int, body: str) -> str:
-    request = json.loads(body)
-    rows = [await db.query(slot, k) for k in request["keys"]]
-    scores = {row["name"]: row["score"] for row in rows}
-    best = max(scores, key=scores.__getitem__)
-    reply = {"id": request["id"], "best": best, "total": sum(scores.values()), "n": len(rows)}
-    return json.dumps(reply, sort_keys=True)
+class SocketClient:
+    """One connection of ``SocketDatabase``, with ``FakeDatabase``'s ``query``."""
 
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
 
-async def service_portal(
-    impl: SimpleNamespace, db: SocketDatabase, slot: int, body: str, sync: bool
-) -> str:
-    if impl.ensure is not None:
-        await impl.ensure()
-    if not sync:
-        return await service_plain(db, slot, body)
-    await_ = impl.await_
-    return _handle(body, lambda key: await_(db.query(slot, key)))
-
-
-async def service_body(
-    impl: SimpleNamespace | None, batches: int, sync: bool = False
-) -> tuple[int, int]:
-    db = SocketDatabase()
-    await db.open()
-    checksum = 0
-    start = time.process_time_ns()
-    for b in range(batches):
-        bodies = [json.dumps({"id": b * 50 + i, "keys": [i, i + 3, i + 11]}) for i in range(50)]
-        if impl is None:
-            tasks = [asyncio.ensure_future(service_plain(db, i, x)) for i, x in enumerate(bodies)]
-        else:
-            tasks = [
-                asyncio.ensure_future(service_portal(impl, db, i, x, sync))
-                for i, x in enumerate(bodies)
-            ]
-        for reply in await asyncio.gather(*tasks):
-            checksum += len(reply) + json.loads(reply)["total"]
-    elapsed = time.process_time_ns() - start
-    await db.close()
-    return elapsed, checksum
+    async def query(self, key: int) -> dict[str, Any]:
+        self.writer.write(b"%d\n" % key)
+        return json.loads(await self.reader.readline())  # type: ignore[no-any-return]
 
 
 def one_run(impl: SimpleNamespace, workload: str, portal: bool, scale: float) -> tuple[int, int]:
@@ -311,12 +291,10 @@ def one_run(impl: SimpleNamespace, workload: str, portal: bool, scale: float) ->
             body = step_body(impl if portal else None, count(workload, scale))
         elif workload in ("await", "await_ready"):
             body = await_body(impl, count(workload, scale), workload == "await_ready", not portal)
-        elif workload.startswith("service"):
-            sync = workload == "service_sync"
-            body = service_body(impl if portal else None, count(workload, scale), sync)
         else:
-            sync = workload == "requests_sync"
-            body = requests_body(impl if portal else None, count(workload, scale), sync)
+            sync = workload.endswith("_sync")
+            sockets = workload.startswith("service")
+            body = requests_body(impl if portal else None, count(workload, scale), sync, sockets)
         gc.disable()
         try:
             return loop.run_until_complete(body)
