@@ -14,6 +14,13 @@ deep, in ``main.switch()``), measures, then drops them all (each is killed with
   reports the record); times are the thread's CPU
   time (kernel time for its page faults included), which other work on a busy machine does
   not inflate: all the measured work runs on that one thread;
+- create + park again: a second crowd of N in the same process once the first is killed.
+  corolet's stacks are new mappings either way, but the kernel hands them the page-table
+  pages the first crowd's stacks freed, and on a virtual machine that matters: a page-table
+  page the guest had not used lately can cost several µs to touch (the host backs it on first
+  use; Linux's free page reporting hands freed memory back to the host), against a fraction
+  of a µs otherwise. The last line measures that without greenlets (a write per 8 MiB region,
+  fresh, again, and consecutive pages);
 - RSS and page tables left once all are killed, against where the process started; next to
   it, what the same harness leaves with N plain ``object()`` instances in place of greenlets
   (Python's own allocator keeps some of a crowd's memory), so that the greenlets' own share
@@ -90,6 +97,38 @@ read_status(2)
 print(json.dumps({"rss_left_mb": (status(2)["VmRSS"] - status(0)["VmRSS"]) / 1e6}))
 """
 
+# What a page-table page costs on this machine, without greenlets: n regions 8 MiB apart (a
+# corolet stack's spacing), one byte written at the top of each, so that each write faults in
+# a page and the page-table page mapping it (a page-table page maps 2 MiB); done twice, the
+# second time after the first mapping is gone and its page-table pages are freed; and, for
+# comparison, n consecutive pages (a page-table page per 512 writes).
+PAGE_TABLES = r"""
+import ctypes, json, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_long]
+libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+n = int(sys.argv[1])
+PROT_RW, MAP_PRIVATE_ANON_NORESERVE = 0x3, 0x02 | 0x20 | 0x4000
+
+def touch(spacing):
+    size = n * spacing
+    base = libc.mmap(None, size, PROT_RW, MAP_PRIVATE_ANON_NORESERVE, -1, 0)
+    if base in (None, ctypes.c_void_p(-1).value):
+        raise OSError(ctypes.get_errno(), "mmap")
+    memset = ctypes.memset
+    t = time.thread_time()
+    for at in range(base + spacing - 64, base + size, spacing):
+        memset(at, 1, 1)
+    us = (time.thread_time() - t) / n * 1e6
+    libc.munmap(base, size)
+    return us
+
+print(json.dumps({"fresh_us": touch(8 << 20), "again_us": touch(8 << 20),
+                  "dense_us": touch(4096)}))
+"""
+
 WORKER = (
     r"""
 impl = __import__(sys.argv[1])
@@ -122,7 +161,17 @@ left = sum(1 for o in gc.get_objects() if isinstance(o, impl.greenlet) and o.par
 stats = getattr(getattr(impl, "_corolet", None), "_stack_stats", None)
 stacks_left = stats()["live"] if stats is not None else 0
 before, parked, after = status(0), status(1), status(2)
+# A second crowd in the same process, after the first is gone: the page-table pages the kernel
+# freed with the first one's stacks are warm now (see PAGE_TABLES below).
+t = time.thread_time()
+glets = [impl.greenlet(body) for _ in range(n)]
+for g in glets:
+    g.switch()
+again_us = (time.thread_time() - t) / n * 1e6
+del glets, g
+gc.collect()
 print(json.dumps({
+    "again_us": again_us,
     "alive": alive,
     "greenlets_left": left,
     "stacks_left": stacks_left,
@@ -185,11 +234,19 @@ def control(python: str, n: int) -> float:
     return json.loads(out.stdout)["rss_left_mb"]
 
 
+def page_tables(python: str, n: int) -> dict:
+    out = subprocess.run(
+        [python, "-c", PAGE_TABLES, str(n)], capture_output=True, text=True, timeout=600, check=True
+    )
+    return json.loads(out.stdout)
+
+
 def table(rows: list[tuple[int, dict, dict, float]]) -> str:
     lines = [
         "| greenlets | RSS per parked (corolet / greenlet) | page tables per parked "
         "| RSS + page tables per parked "
-        "| create + park µs | full GC pass while parked, ms: first; later | kill µs "
+        "| create + park µs: first crowd; again "
+        "| full GC pass while parked, ms: first; later | kill µs "
         "| RSS left after kill, MB (start) "
         "| page tables left, MB | same RSS with plain objects, MB "
         "| still allocated after kill: Python blocks, malloc KB |",
@@ -200,7 +257,8 @@ def table(rows: list[tuple[int, dict, dict, float]]) -> str:
             f"| {n:,} | {c['rss_per']:,.0f} B / {g['rss_per']:,.0f} B "
             f"| {c['pte_per']:,.0f} B / {g['pte_per']:,.0f} B "
             f"| {c['rss_per'] + c['pte_per']:,.0f} B / {g['rss_per'] + g['pte_per']:,.0f} B "
-            f"| {c['create_us']:.2f} / {g['create_us']:.2f} "
+            f"| {c['create_us']:.2f} / {g['create_us']:.2f}; "
+            f"{c['again_us']:.2f} / {g['again_us']:.2f} "
             f"| {c['gc_first_ms']:,.1f} / {g['gc_first_ms']:,.1f}; "
             f"{c['gc_ms']:,.1f} / {g['gc_ms']:,.1f} "
             f"| {c['kill_us']:.2f} / {g['kill_us']:.2f} "
@@ -237,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         for n in counts
     ]
+    probe = page_tables(args.python, max(counts[:2]))
     mach = common.machine()
     print(
         f"Python {env['sys_version'].split()[0]}, {mach['cpu']}, {mach['cpus']} CPUs; "
@@ -244,6 +303,12 @@ def main(argv: list[str] | None = None) -> int:
         f"corolet's stack size {args.stack_size or 'default (8 MiB)'}"
     )
     print(table(rows))
+    print(
+        f"A write that faults in a page and a new page-table page (regions 8 MiB apart, "
+        f"{max(counts[:2]):,} of them): {probe['fresh_us']:.2f} µs; the same once those "
+        f"page-table pages were freed: {probe['again_us']:.2f} µs; consecutive pages: "
+        f"{probe['dense_us']:.2f} µs (Python's loop included in each)"
+    )
     return 0
 
 
