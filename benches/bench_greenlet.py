@@ -21,7 +21,9 @@ implementations, with the hot callables bound to locals, and each workload check
 a wrong switch fails the run instead of producing a fast number.
 
 The parent runs ``--rounds`` rounds; in each, every workload runs once per implementation,
-alternating which goes first, and the best worker result over the rounds is kept. Timings on a
+alternating which goes first, and the best worker result over the rounds is kept. Workers are
+pinned to one CPU (``--cpu``, by default the last this process may use), so that both
+implementations run on the same core and a second core's other work moves neither. Timings on a
 small, shared machine are noisy: compare the two columns of one run, and quote the ratio
 (corolet / greenlet, lower is better), not absolute numbers across runs.
 
@@ -298,7 +300,11 @@ def calibrate(workload: Workload, impl: SimpleNamespace, target_ns: float) -> in
         n *= 4 if elapsed < target_ns / 64 else 2
 
 
-def worker(impl_name: str, workload: Workload, target_ms: float, repeats: int) -> dict:
+def worker(
+    impl_name: str, workload: Workload, target_ms: float, repeats: int, cpu: int | None = None
+) -> dict:
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     impl = load_impl(impl_name)
     n = calibrate(workload, impl, target_ms * 1e6)
     runs = []
@@ -378,6 +384,8 @@ def run_worker(python: str, impl: str, name: str, settings: SimpleNamespace) -> 
     """One worker subprocess; {"ns": ...} or {"error": ...}."""
     cmd = [python, str(SCRIPT), "--worker", impl, "--workload", name]
     cmd += ["--target-ms", str(settings.target_ms), "--repeats", str(settings.repeats)]
+    if settings.cpu is not None:
+        cmd += ["--cpu", str(settings.cpu)]
     env = dict(os.environ)
     if impl == "greenlet":
         env.pop("PYTHONPATH", None)  # nothing of corolet's may shadow the real greenlet
@@ -484,7 +492,8 @@ def stack_notes(rows: list[dict]) -> list[str]:
 def header_line(mach: dict, env: dict, settings: SimpleNamespace) -> str:
     return (
         f"{mach['cpu']}, {mach['cpus']} CPUs; Python {env['sys_version'].split()[0]}; "
-        f"greenlet {GREENLET_VERSION}; corolet {env['corolet']}; best of {settings.rounds} "
+        f"greenlet {GREENLET_VERSION}; corolet {env['corolet']}; "
+        f"workers pinned to CPU {settings.cpu}; best of {settings.rounds} "
         f"round(s) x {settings.repeats} run(s) of ~{settings.target_ms:g} ms; "
         "ratio = corolet / greenlet (lower is better)"
     )
@@ -496,6 +505,7 @@ def parent(args: argparse.Namespace) -> int:
     for key in ("rounds", "target_ms", "repeats"):
         if getattr(args, key) is not None:
             setattr(settings, key, getattr(args, key))
+    settings.cpu = args.cpu if args.cpu is not None else default_cpu()
     python = args.python or sys.executable
     env = probe(python, "corolet")
     if "corolet" not in env:
@@ -552,6 +562,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, help="alternating corolet/greenlet rounds")
     p.add_argument("--target-ms", type=float, help="length of one timed run")
     p.add_argument("--repeats", type=int, help="timed runs per worker")
+    p.add_argument("--cpu", type=int, help="CPU to pin the workers to (default: the last)")
     p.add_argument("--worker", choices=IMPLS, help="internal: time one workload, print JSON")
     return p.parse_args(argv)
 
@@ -565,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     target_ms = args.target_ms if args.target_ms is not None else FULL.target_ms
     repeats = args.repeats if args.repeats is not None else FULL.repeats
-    result = worker(args.worker, BY_NAME[args.workload[0]], target_ms, repeats)
+    result = worker(args.worker, BY_NAME[args.workload[0]], target_ms, repeats, args.cpu)
     print(json.dumps(result))
     return 0
 
