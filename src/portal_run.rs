@@ -22,6 +22,7 @@
 
 use std::ffi::c_void;
 use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::OnceLock;
 
 use pyo3::exceptions::{PyRuntimeError, PyStopIteration};
@@ -182,15 +183,42 @@ impl PortalJob {
     }
 }
 
+/// `corolet.portal._core._portal_main(value)`, the Python frame at the bottom of P that
+/// holds the loop's answers (see [`step_to_end`]); set once by `_portal_set_main`.
+static PORTAL_MAIN: AtomicPtr<ffi::PyObject> = AtomicPtr::new(ptr::null_mut());
+
+/// `_portal_set_main(fn)`: the function P's job calls to step its coroutine from a Python
+/// frame (`fn(value)`, which calls `_portal_step(held)`); kept forever.
+#[pyfunction]
+pub fn _portal_set_main(f: Bound<'_, PyAny>) {
+    let old = PORTAL_MAIN.swap(f.unbind().into_ptr(), Ordering::AcqRel);
+    if !old.is_null() {
+        // SAFETY: GIL held (a pyfunction); the reference the static held.
+        unsafe { ffi::Py_DECREF(old) };
+    }
+}
+
 #[pymethods]
 impl PortalJob {
-    fn __call__(&self, py: Python<'_>, value: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        let outcome = match (&self.coro, &self.sync) {
-            (Some(coro), _) => {
-                // SAFETY: GIL held; the job (P's `run`) keeps `coro` alive while it runs.
-                let r = unsafe { step_to_end(coro.as_ptr(), value.into_ptr(), true) };
-                // SAFETY: GIL held; a new reference or null with the error set.
-                unsafe { Bound::from_owned_ptr_or_err(py, r) }.map(Bound::unbind)
+    fn __call__(slf: &Bound<'_, Self>, value: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let me = slf.get();
+        let outcome = match (&me.coro, &me.sync) {
+            (Some(_), _) => {
+                let main = PORTAL_MAIN.load(Ordering::Acquire);
+                if main.is_null() {
+                    // corolet.portal._core not imported: step without the holding frame.
+                    me.step(py, &pyo3::types::PyList::new(py, [value])?)
+                } else {
+                    // SAFETY: GIL held; `main` is kept forever, `value` is live. The job is
+                    // not an argument: a native call's arguments stay on the calling frame's
+                    // evaluation stack, which the collector does not see, and would keep an
+                    // abandoned portal's cycle alive; `_portal_step` finds the job as P's run.
+                    unsafe {
+                        let r = ffi::PyObject_CallOneArg(main, value.as_ptr());
+                        Bound::from_owned_ptr_or_err(py, r).map(Bound::unbind)
+                    }
+                }
             }
             (None, Some(sync)) => call_sync(sync.bind(py)),
             (None, None) => Err(PyRuntimeError::new_err(
@@ -220,6 +248,56 @@ impl PortalJob {
         }
         Ok(())
     }
+}
+
+impl PortalJob {
+    /// Steps the job's coroutine to its end, starting with `held[0]`, each answer of the
+    /// loop kept in `held` (see [`step_to_end`]).
+    fn step(&self, py: Python<'_>, held: &Bound<'_, pyo3::types::PyList>) -> PyResult<Py<PyAny>> {
+        let Some(coro) = &self.coro else {
+            return Err(PyRuntimeError::new_err(
+                "corolet.portal: a job with no coroutine",
+            ));
+        };
+        let first = held.get_item(0)?;
+        if held.len() != 1 {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "PortalJob.step() needs a list of one item",
+            ));
+        }
+        // SAFETY: GIL held; the job (P's `run`) keeps `coro` alive while it runs, `held` is
+        // a list of one item that the calling frame keeps.
+        let r = unsafe { step_to_end(coro.as_ptr(), first.into_ptr(), true, held.as_ptr()) };
+        // SAFETY: GIL held; a new reference or null with the error set.
+        unsafe { Bound::from_owned_ptr_or_err(py, r) }.map(Bound::unbind)
+    }
+}
+
+/// `_portal_step(held)`: called by `_portal_main` in a portal's greenlet P: steps P's job
+/// (P's `run`, which P holds until it finishes) to its end, from `held[0]`, each answer kept
+/// in `held` (see [`step_to_end`]).
+#[pyfunction]
+pub fn _portal_step(py: Python<'_>, held: Bound<'_, pyo3::types::PyList>) -> PyResult<Py<PyAny>> {
+    // SAFETY: GIL held; the current greenlet is live, its `run` (if any) held by it.
+    let job = unsafe {
+        let ts = ThreadState::get();
+        if ts.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        let run = green((*ts).current()).run.get();
+        if run.is_null() {
+            return Err(PyRuntimeError::new_err(
+                "_portal_step() runs only in a portal's greenlet",
+            ));
+        }
+        // Borrowed, not owned: a reference of ours on this stack while P is suspended would be
+        // one the collector cannot see, keeping an abandoned portal's cycle alive.
+        pyo3::Borrowed::from_ptr(py, run)
+    };
+    let job = job.cast::<PortalJob>().map_err(|_| {
+        PyRuntimeError::new_err("_portal_step() runs only in a portal's greenlet")
+    })?;
+    job.get().step(py, &held)
 }
 
 fn call_sync(job: &Bound<'_, PyTuple>) -> PyResult<Py<PyAny>> {
@@ -282,17 +360,45 @@ unsafe fn step(
     }
 }
 
+/// Keeps `answer` (borrowed; a value or an exception the loop sent in, or None) as item 0 of
+/// `held`, the list the calling Python frame holds (see [`step_to_end`]), dropping the one
+/// before.
+///
+/// # Safety
+/// GIL held; `held` is a list of one item, `answer` live.
+unsafe fn hold(held: *mut ffi::PyObject, answer: *mut ffi::PyObject) {
+    // SAFETY: GIL held; index 0 exists, so SetItem cannot fail: it steals the new reference
+    // and drops the previous item (which may run code, as a frame's rebinding would).
+    unsafe {
+        ffi::PyList_SetItem(held, 0, ffi::Py_NewRef(answer));
+    }
+}
+
 /// Steps `aw` until it finishes, switching each thing it yields to the driver of the
 /// portal the running greenlet is (or runs under). `value` (stolen) goes in first.
 /// `in_job`: the loop of P's own job (a `GeneratorExit` or `GreenletExit` arriving at a
 /// switch closes `aw`; `_Detach` ends the loop). Returns the result, or null with the error.
 ///
+/// `held`: a one-item list that a Python frame of the caller (the frame `aw` runs above)
+/// holds as a local; each answer of the loop (value or exception) is item 0 while `aw` runs
+/// the step it answers, as the local of a stepping loop written in Python would keep it.
+/// This matters for what is freed where: an answer (trio's `Error(Cancelled)` of a timeout)
+/// can hold a traceback whose frames link back, once `aw` has finished, to that caller frame,
+/// so the answer and the frames it keeps (and their locals) form a cycle, collected by the
+/// garbage collector in whatever task runs it, as under greenback; without it they would be
+/// freed by the event loop itself, between tasks, where a finalizer that awaits (greenback's
+/// `autoawait` `__del__`) cannot run. Item 0 goes back to None before each switch away: the
+/// list is also on the caller frame's evaluation stack (the argument of this native call),
+/// which the collector does not see, so what it holds while the greenlet is suspended would
+/// stay alive even in an abandoned cycle.
+///
 /// # Safety
-/// GIL held; `aw` live for the call (the caller holds it).
+/// GIL held; `aw` live for the call (the caller holds it); `held` a list of one item.
 pub unsafe fn step_to_end(
     aw: *mut ffi::PyObject,
     value: *mut ffi::PyObject,
     in_job: bool,
+    held: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
     // SAFETY: GIL held; every reference below is owned or borrowed from a live object.
     unsafe {
@@ -332,10 +438,12 @@ pub unsafe fn step_to_end(
             } else {
                 ffi::Py_NewRef(cur)
             };
+            hold(held, ffi::Py_None());
             let mut received = ptr::null_mut();
             let r = switch::switch_to_tagged(driver, Kind::Value(out), tag, &mut received);
             ffi::Py_XDECREF(received);
             if !r.is_null() {
+                hold(held, r);
                 value = r;
                 continue;
             }
@@ -359,15 +467,29 @@ pub unsafe fn step_to_end(
                 }
             }
             value = ptr::null_mut();
-            err = Some(ErrState::fetch());
+            let e = ErrState::fetch();
+            hold(held, e.value());
+            err = Some(e);
         }
     }
 }
 
-/// `_portal_await(aw)`: `await_`'s native path. A native coroutine awaited from a portal is
-/// stepped here; anything else goes to `corolet.portal._await._await_slow`.
+/// `_portal_await(aw, held=None)`: `await_`'s native path. A native coroutine awaited from a
+/// portal is stepped here, each answer of the loop kept in `held` (a one-item list, a local
+/// of the calling frame: see [`step_to_end`]; a list of this call's own when None, as for the
+/// helper greenlet of `Portal`'s bridge, which has no frame of its own); anything else goes
+/// to `corolet.portal._await._await_slow`.
 #[pyfunction]
-pub fn _portal_await(py: Python<'_>, aw: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+#[pyo3(signature = (aw, held = None))]
+pub fn _portal_await(
+    py: Python<'_>,
+    aw: Bound<'_, PyAny>,
+    held: Option<Bound<'_, pyo3::types::PyList>>,
+) -> PyResult<Py<PyAny>> {
+    let held = match held {
+        Some(h) => h,
+        None => pyo3::types::PyList::new(py, [py.None()])?,
+    };
     // SAFETY: GIL held; `aw` is held by this call.
     unsafe {
         let ts = ThreadState::get();
@@ -382,7 +504,12 @@ pub fn _portal_await(py: Python<'_>, aw: Bound<'_, PyAny>) -> PyResult<Py<PyAny>
                 .call1((aw,))
                 .map(Bound::unbind);
         }
-        let r = step_to_end(aw.as_ptr(), crate::pyerr::none(), false);
+        if held.len() != 1 {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "_portal_await() needs a list of one item to hold the loop's answers in",
+            ));
+        }
+        let r = step_to_end(aw.as_ptr(), crate::pyerr::none(), false, held.as_ptr());
         Bound::from_owned_ptr_or_err(py, r).map(Bound::unbind)
     }
 }

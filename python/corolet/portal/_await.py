@@ -66,7 +66,9 @@ def await_(aw: Awaitable[_T]) -> _T:
     native: Any = aw
     kind: type = type(native)
     if kind is _CoroutineType:
-        return _portal_await(aw)  # type: ignore[no-any-return]  # stepped natively
+        # Stepped natively; this frame holds the loop's answers (see _core.py's invariants).
+        held: list[Any] = [None]
+        return _portal_await(aw, held)  # type: ignore[no-any-return]
     if kind is _GeneratorType and native.gi_code.co_flags & CO_ITERABLE_COROUTINE:
         send: Callable[[Any], Any] = native.send
         throw: Callable[[BaseException], Any] = native.throw

@@ -50,14 +50,34 @@ Invariants
 - Nothing on P's stack refers to P or holds the coroutine: the job P runs (its ``run``,
   which the collector sees) holds the coroutine, so a cycle through an abandoned portal is
   found and broken.
+- The loop's latest answer to a step (a value, or an exception such as trio's ``Cancelled``)
+  stays referenced by a Python frame under the coroutine until the next answer, as a
+  stepping loop written in Python keeps it in a local: ``_portal_main`` here, ``await_``'s
+  frame for what it steps. An exception's traceback keeps the frames it went through, which
+  link back to that frame once finished: so what those frames held is in a cycle, freed by
+  the garbage collector in a task (as under greenback), not by the event loop between tasks,
+  where an ``autoawait`` finalizer cannot wait (greenback's ``test_magic``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Coroutine
+from typing import Any
 
-from corolet._corolet import Portal
+from corolet._corolet import Portal, _portal_set_main, _portal_step
 
 Coroutine.register(Portal)
+
+
+def _portal_main(value: Any) -> Any:
+    """The Python frame at the bottom of a portal's greenlet (its job calls it): holds the
+    loop's answers in ``held`` (see the invariants) while ``_portal_step`` steps the job's
+    coroutine natively."""
+    held = [value]
+    del value
+    return _portal_step(held)
+
+
+_portal_set_main(_portal_main)
 
 __all__ = ["Portal"]
