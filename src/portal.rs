@@ -41,6 +41,22 @@ const NOT_STARTED: u8 = 0;
 const RUNNING: u8 = 1;
 const FINISHED: u8 = 2;
 
+/// What a step ended with: something to yield to the loop, or the job's result (which
+/// `send`/`throw` raise as `StopIteration`, and `am_send` returns as `PYGEN_RETURN`, with no
+/// exception made).
+pub enum Step {
+    Yield(Py<PyAny>),
+    Return(Py<PyAny>),
+}
+
+/// `send`'s and `throw`'s form of a step's end: the result raised as `StopIteration`.
+fn as_iteration(step: PyResult<Step>) -> PyResult<Py<PyAny>> {
+    match step? {
+        Step::Yield(v) => Ok(v),
+        Step::Return(v) => Err(PyStopIteration::new_err((v,))),
+    }
+}
+
 #[pyclass(module = "corolet.portal", name = "Portal", weakref)]
 pub struct Portal {
     coro: Option<Py<PyAny>>,
@@ -59,7 +75,7 @@ fn handle(
     slf: &Bound<'_, Portal>,
     r: *mut ffi::PyObject,
     tag: *mut ffi::PyObject,
-) -> PyResult<Py<PyAny>> {
+) -> PyResult<Step> {
     let py = slf.py();
     // SAFETY: GIL held; `r` and `tag` are owned (or null).
     unsafe {
@@ -78,7 +94,7 @@ fn handle(
             } else {
                 Some(tag.unbind())
             };
-            return Ok(r.unbind());
+            return Ok(Step::Yield(r.unbind()));
         }
         let p = slf.borrow().greenlet.as_ref().map(|g| g.clone_ref(py));
         let dead = p
@@ -89,7 +105,7 @@ fn handle(
             if let Ok(raised) = r.cast::<Raised>() {
                 return Err(PyErr::from_value(raised.get().error.bind(py).clone()));
             }
-            return Err(PyStopIteration::new_err((r.unbind(),)));
+            return Ok(Step::Return(r.unbind()));
         }
         bridge(slf, p.expect("alive"), r)
     }
@@ -97,7 +113,7 @@ fn handle(
 
 /// P sent an awaitable by the bridge protocol: await it in a helper greenlet under P, which
 /// switches the outcome back into P when it is done.
-fn bridge(slf: &Bound<'_, Portal>, p: Py<PyAny>, aw: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+fn bridge(slf: &Bound<'_, Portal>, p: Py<PyAny>, aw: Bound<'_, PyAny>) -> PyResult<Step> {
     let py = slf.py();
     let run = pyo3::wrap_pyfunction!(crate::portal_run::_portal_await, py)?;
     // SAFETY: GIL held; live arguments.
@@ -112,7 +128,7 @@ fn step_into(
     slf: &Bound<'_, Portal>,
     target: &Bound<'_, PyAny>,
     kind: Kind,
-) -> PyResult<Py<PyAny>> {
+) -> PyResult<Step> {
     let mut tag = ptr::null_mut();
     // SAFETY: GIL held; `target` is a live greenlet.
     let r = unsafe { switch::switch_to_tagged(target.as_ptr(), kind, ptr::null_mut(), &mut tag) };
@@ -153,7 +169,7 @@ fn direct(
     coro: &Bound<'_, PyAny>,
     err: Option<ErrState>,
     value: Bound<'_, PyAny>,
-) -> PyResult<Py<PyAny>> {
+) -> PyResult<Step> {
     let py = slf.py();
     slf.borrow_mut().state = RUNNING;
     // SAFETY: GIL held; live objects.
@@ -163,13 +179,11 @@ fn direct(
                 let mut out = ptr::null_mut();
                 match ffi::PyIter_Send(coro.as_ptr(), value.as_ptr(), &mut out) {
                     ffi::PySendResult::PYGEN_NEXT => {
-                        return Ok(Bound::from_owned_ptr(py, out).unbind())
+                        return Ok(Step::Yield(Bound::from_owned_ptr(py, out).unbind()))
                     }
                     ffi::PySendResult::PYGEN_RETURN => {
                         finish(slf);
-                        return Err(PyStopIteration::new_err((
-                            Bound::from_owned_ptr(py, out).unbind(),
-                        )));
+                        return Ok(Step::Return(Bound::from_owned_ptr(py, out).unbind()));
                     }
                     _ => NULL,
                 }
@@ -185,11 +199,11 @@ fn direct(
             finish(slf);
             return Err(e);
         }
-        Ok(Bound::from_owned_ptr(py, r).unbind())
+        Ok(Step::Yield(Bound::from_owned_ptr(py, r).unbind()))
     }
 }
 
-fn first_send(slf: &Bound<'_, Portal>, value: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+fn first_send(slf: &Bound<'_, Portal>, value: Bound<'_, PyAny>) -> PyResult<Step> {
     let py = slf.py();
     let (state, active, coro, sync) = {
         let me = slf.borrow();
@@ -255,7 +269,7 @@ fn first_send(slf: &Bound<'_, Portal>, value: Bound<'_, PyAny>) -> PyResult<Py<P
     step_into(slf, &p, Kind::Value(value.into_ptr()))
 }
 
-fn send_impl(slf: &Bound<'_, Portal>, value: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+fn send_impl(slf: &Bound<'_, Portal>, value: Bound<'_, PyAny>) -> PyResult<Step> {
     let py = slf.py();
     let resume = slf.borrow().resume.as_ref().map(|r| r.clone_ref(py));
     let Some(resume) = resume else {
@@ -263,6 +277,55 @@ fn send_impl(slf: &Bound<'_, Portal>, value: Bound<'_, PyAny>) -> PyResult<Py<Py
     };
     rebind(slf)?;
     step_into(slf, resume.bind(py), Kind::Value(value.into_ptr()))
+}
+
+/// The type's `am_send` slot: what `PyIter_Send` calls, and so asyncio's C task at each
+/// step (and an `await` of the portal): a step whose end is the job's result returns it as
+/// `PYGEN_RETURN` instead of raising (and then catching) a `StopIteration`.
+unsafe extern "C" fn am_send(
+    obj: *mut ffi::PyObject,
+    arg: *mut ffi::PyObject,
+    presult: *mut *mut ffi::PyObject,
+) -> ffi::PySendResult {
+    crate::pyerr::guard(ffi::PySendResult::PYGEN_ERROR, || {
+        // SAFETY: called by CPython with the GIL held, `obj` a live Portal (the slot is only
+        // on its type), `arg` a live object, `presult` writable.
+        unsafe {
+            let py = Python::assume_attached();
+            let slf = pyo3::Borrowed::from_ptr(py, obj).cast_unchecked::<Portal>();
+            let value = Bound::from_borrowed_ptr(py, arg);
+            match send_impl(&slf, value) {
+                Ok(Step::Yield(v)) => {
+                    *presult = v.into_ptr();
+                    ffi::PySendResult::PYGEN_NEXT
+                }
+                Ok(Step::Return(v)) => {
+                    *presult = v.into_ptr();
+                    ffi::PySendResult::PYGEN_RETURN
+                }
+                Err(e) => {
+                    e.restore(py);
+                    *presult = ptr::null_mut();
+                    ffi::PySendResult::PYGEN_ERROR
+                }
+            }
+        }
+    })
+}
+
+/// Gives the `Portal` type its `am_send` slot (PyO3 has no way to declare it): once, at import,
+/// before any instance exists.
+pub fn install_am_send(ty: &Bound<'_, pyo3::types::PyType>) {
+    // SAFETY: GIL held; `Portal` is a heap type, whose `tp_as_async` points at the async
+    // methods inside its own heap-type object (set since it has `__await__`), ours to fill
+    // before any instance exists; `PyType_Modified` drops cached lookups.
+    unsafe {
+        let t = ty.as_ptr() as *mut ffi::PyTypeObject;
+        let methods = (*t).tp_as_async;
+        assert!(!methods.is_null(), "Portal has __await__, so async methods");
+        (*methods).am_send = Some(am_send);
+        ffi::PyType_Modified(t);
+    }
 }
 
 #[pymethods]
@@ -296,11 +359,11 @@ impl Portal {
     #[pyo3(signature = (value = None))]
     fn send(slf: &Bound<'_, Self>, value: Option<Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
         let value = value.unwrap_or_else(|| slf.py().None().into_bound(slf.py()));
-        send_impl(slf, value)
+        as_iteration(send_impl(slf, value))
     }
 
     fn __next__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
-        send_impl(slf, slf.py().None().into_bound(slf.py()))
+        as_iteration(send_impl(slf, slf.py().None().into_bound(slf.py())))
     }
 
     #[pyo3(signature = (typ, val = None, tb = None))]
@@ -343,10 +406,10 @@ impl Portal {
                 unsafe { err.restore() };
                 return Err(PyErr::fetch(py));
             };
-            return direct(slf, coro.bind(py), Some(err), py.None().into_bound(py));
+            return as_iteration(direct(slf, coro.bind(py), Some(err), py.None().into_bound(py)));
         };
         rebind(slf)?;
-        step_into(slf, resume.bind(py), Kind::Raise(err))
+        as_iteration(step_into(slf, resume.bind(py), Kind::Raise(err)))
     }
 
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
