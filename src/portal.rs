@@ -124,11 +124,7 @@ fn bridge(slf: &Bound<'_, Portal>, p: Py<PyAny>, aw: Bound<'_, PyAny>) -> PyResu
 }
 
 /// Switches `kind` into `target` and handles what comes back.
-fn step_into(
-    slf: &Bound<'_, Portal>,
-    target: &Bound<'_, PyAny>,
-    kind: Kind,
-) -> PyResult<Step> {
+fn step_into(slf: &Bound<'_, Portal>, target: &Bound<'_, PyAny>, kind: Kind) -> PyResult<Step> {
     let mut tag = ptr::null_mut();
     // SAFETY: GIL held; `target` is a live greenlet.
     let r = unsafe { switch::switch_to_tagged(target.as_ptr(), kind, ptr::null_mut(), &mut tag) };
@@ -406,7 +402,12 @@ impl Portal {
                 unsafe { err.restore() };
                 return Err(PyErr::fetch(py));
             };
-            return as_iteration(direct(slf, coro.bind(py), Some(err), py.None().into_bound(py)));
+            return as_iteration(direct(
+                slf,
+                coro.bind(py),
+                Some(err),
+                py.None().into_bound(py),
+            ));
         };
         rebind(slf)?;
         as_iteration(step_into(slf, resume.bind(py), Kind::Raise(err)))

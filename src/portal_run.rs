@@ -294,9 +294,9 @@ pub fn _portal_step(py: Python<'_>, held: Bound<'_, pyo3::types::PyList>) -> PyR
         // one the collector cannot see, keeping an abandoned portal's cycle alive.
         pyo3::Borrowed::from_ptr(py, run)
     };
-    let job = job.cast::<PortalJob>().map_err(|_| {
-        PyRuntimeError::new_err("_portal_step() runs only in a portal's greenlet")
-    })?;
+    let job = job
+        .cast::<PortalJob>()
+        .map_err(|_| PyRuntimeError::new_err("_portal_step() runs only in a portal's greenlet"))?;
     job.get().step(py, &held)
 }
 
