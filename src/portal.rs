@@ -327,7 +327,7 @@ pub fn install_am_send(ty: &Bound<'_, pyo3::types::PyType>) {
 #[pymethods]
 impl Portal {
     #[new]
-    #[pyo3(signature = (coro, *, active = true, sync = None))]
+    #[pyo3(signature = (coro, active = true, *, sync = None))]
     fn new(coro: Option<Py<PyAny>>, active: bool, sync: Option<Py<PyTuple>>) -> PyResult<Self> {
         if let Some(s) = &sync {
             // SAFETY: a tuple's size, GIL held (the argument is bound to this call).

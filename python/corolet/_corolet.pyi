@@ -119,8 +119,8 @@ class Portal:
     def __new__(
         cls,
         coro: Coroutine[Any, Any, Any] | None,
-        *,
         active: bool = True,
+        *,
         sync: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]] | None = None,
     ) -> Portal: ...
     def send(self, value: Any = None) -> Any: ...

@@ -49,7 +49,7 @@ class PortalTaskFactory:
     def __call__(
         self, loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any
     ) -> asyncio.Future[Any]:
-        portal = Portal(coro, active=self.eager)
+        portal = Portal(coro, self.eager)  # positional: a keyword costs a parse per task
         if self.chained is not None:
             return self.chained(loop, portal, **kwargs)
         return asyncio.Task(portal, loop=loop, **kwargs)
