@@ -143,18 +143,28 @@ fn finish(slf: &Bound<'_, Portal>) {
 /// Makes the current greenlet P's parent if it is not already.
 fn rebind(slf: &Bound<'_, Portal>) -> PyResult<()> {
     let py = slf.py();
-    let p = slf.borrow().greenlet.as_ref().map(|g| g.clone_ref(py));
-    let Some(p) = p else { return Ok(()) };
-    // SAFETY: GIL held; P is a live greenlet.
-    unsafe {
-        let ts = ThreadState::get();
-        if ts.is_null() {
-            return Err(PyErr::fetch(py));
+    // SAFETY: GIL held.
+    let ts = unsafe { ThreadState::get() };
+    if ts.is_null() {
+        return Err(PyErr::fetch(py));
+    }
+    // SAFETY: a live thread state, GIL held.
+    let cur = unsafe { (*ts).current() };
+    let p = {
+        let me = slf.borrow();
+        let Some(p) = me.greenlet.as_ref() else {
+            return Ok(());
+        };
+        // SAFETY: GIL held; P is a live greenlet (the portal holds it).
+        if unsafe { green(p.as_ptr()).parent.get() } == cur {
+            return Ok(()); // every step but an eager task's second: no reference taken
         }
-        let cur = (*ts).current();
-        if green(p.as_ptr()).parent.get() != cur && greenlet::set_parent(p.as_ptr(), cur) < 0 {
-            return Err(PyErr::fetch(py));
-        }
+        p.clone_ref(py)
+    };
+    // SAFETY: GIL held; P is a live greenlet; setting the parent may run code (the old
+    // parent's release), outside the borrow.
+    if unsafe { greenlet::set_parent(p.as_ptr(), cur) } < 0 {
+        return Err(PyErr::fetch(py));
     }
     Ok(())
 }
