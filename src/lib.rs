@@ -20,6 +20,7 @@
 //! - [`portal_run`]: `corolet.portal`'s greenlet side: `PortalGreenlet`, the job its
 //!   greenlet runs (the stepping loop), `await_`'s native path.
 //! - [`portal`]: `corolet.portal.Portal`, a coroutine whose steps run in a greenlet.
+//! - [`portal_factory`]: the asyncio task factory of `corolet.portal.install()`.
 //! - [`module`]: the `corolet._corolet` Python module.
 
 pub mod fiber;
@@ -36,6 +37,7 @@ pub mod greenlet;
 pub mod messages;
 pub mod module;
 pub mod portal;
+pub mod portal_factory;
 pub mod portal_run;
 pub mod readahead;
 pub mod switch;

@@ -425,6 +425,7 @@ fn corolet_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("UnswitchableGreenlet", unswitchable_type(py, ty)?)?;
     crate::portal_run::init(m, ty)?;
     m.add_class::<crate::portal::Portal>()?;
+    m.add_class::<crate::portal_factory::PortalTaskFactory>()?;
     crate::portal::install_am_send(&py.get_type::<crate::portal::Portal>());
     m.add_function(wrap_pyfunction!(crate::portal_run::_portal_await, m)?)?;
     m.add_function(wrap_pyfunction!(crate::portal_run::_portal_switch, m)?)?;

@@ -645,6 +645,18 @@ impl Portal {
 }
 
 impl Portal {
+    /// A portal of the coroutine `coro` (for the task factory, `portal_factory.rs`).
+    pub fn of(coro: Py<PyAny>, active: bool) -> Self {
+        Portal {
+            coro: Some(coro),
+            sync: None,
+            greenlet: None,
+            resume: None,
+            state: NOT_STARTED,
+            active,
+        }
+    }
+
     fn inner_attr(&self, py: Python<'_>, name: &str, default: Py<PyAny>) -> PyResult<Py<PyAny>> {
         let Some(coro) = &self.coro else {
             return Ok(default);

@@ -363,8 +363,13 @@ pub unsafe fn switch_to(target: *mut ffi::PyObject, kind: Kind) -> *mut ffi::PyO
 /// [`switch_to`] with a tag travelling beside the value (`tag`, stolen, may be null); the
 /// tag of the switch that resumes this greenlet goes to `received` (owned, null if none).
 ///
+/// Inlined into [`switch_to`]: a parked greenlet's native frames must stay as small as they
+/// were before tags (on 3.14 a separate frame here pushed a parked greenlet past the top
+/// page of its stack slot, `test_parked_greenlet_shares_one_stack_page...`).
+///
 /// # Safety
 /// GIL held; `target` is a live greenlet.
+#[inline(always)]
 pub unsafe fn switch_to_tagged(
     target: *mut ffi::PyObject,
     kind: Kind,

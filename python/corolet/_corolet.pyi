@@ -32,6 +32,7 @@ __all__ = [
     "Portal",
     "PortalGreenlet",
     "PortalJob",
+    "PortalTaskFactory",
     "Raised",
     "_Detach",
     "_portal_await",
@@ -150,6 +151,13 @@ class Portal:
     def coroutine(self) -> Coroutine[Any, Any, Any] | None: ...
     @property
     def greenlet(self) -> PortalGreenlet | None: ...
+
+@final
+class PortalTaskFactory:
+    chained: Callable[..., Any] | None
+    eager: bool
+    def __new__(cls, chained: Callable[..., Any] | None, eager: bool) -> PortalTaskFactory: ...
+    def __call__(self, event_loop: Any, coro: Any, **kwargs: Any) -> Any: ...
 
 @final
 class PortalJob:
