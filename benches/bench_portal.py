@@ -56,6 +56,19 @@ Workloads
     The same, the handler synchronous and its database calls made through ``await_``. Unit:
     one request.
 
+``orm``
+    SQLAlchemy's ``AsyncSession`` over aiosqlite (a file database in a temporary directory,
+    64 rows made before the clock starts), what portals exist for: batches of 10 concurrent
+    request tasks, each opening a session, fetching three rows by primary key
+    (``session.get``, the identity map cleared after each, so each really queries) and
+    closing it; the connection pool (5 + 10 overflow) serves the 10 at once. Plain: ordinary
+    tasks. Portal side: the very same code in tasks that have portals (corolet:
+    ``install()``; greenback: each task calls ``ensure_portal()``), SQLAlchemy's own
+    ``greenlet_spawn`` running inside them. Both sides import ``greenlet`` through SQLAlchemy:
+    corolet's worker calls ``corolet.install()`` first; greenback's venv gets the same
+    SQLAlchemy and aiosqlite versions as this environment. aiosqlite's threads inherit the
+    worker's CPU. Unit: one request.
+
 ``--fast`` (one round, short runs; ``make bench-fast``) checks that every workload runs and
 gives the right checksums on both sides; the exit status is non-zero if a worker fails or a
 checksum differs, never because of a number.
@@ -73,6 +86,7 @@ import asyncio
 import gc
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -88,10 +102,14 @@ REPO = SCRIPT.parent.parent
 GREENBACK_VERSION = "1.3.0"
 IMPLS = ["corolet", "greenback"]
 WORKLOADS = ["step", "await", "await_ready", "requests", "requests_sync", "service"]
-WORKLOADS += ["service_sync"]
+WORKLOADS += ["service_sync", "orm"]
 UNITS = {"step": "task step", "await": "await", "await_ready": "await"}
 UNITS |= {"requests": "request", "requests_sync": "request"}
-UNITS |= {"service": "request", "service_sync": "request"}
+UNITS |= {"service": "request", "service_sync": "request", "orm": "request"}
+ORM_CONCURRENT = 10
+ORM_GETS = 3
+# What the orm workload needs in greenback's venv too (same versions as this environment).
+ORM_PACKAGES = ("sqlalchemy", "aiosqlite")
 FULL = SimpleNamespace(rounds=3, repeats=5, scale=1.0)
 FAST = SimpleNamespace(rounds=1, repeats=1, scale=0.05)
 WORKER_TIMEOUT_S = 300
@@ -282,6 +300,78 @@ class SocketClient:
         return json.loads(await self.reader.readline())  # type: ignore[no-any-return]
 
 
+class OrmDatabase:
+    """The orm workload's database: an engine, a mapped table of 64 rows, a session maker."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    async def open(self) -> None:
+        from sqlalchemy import Integer, String, event
+        from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+        from sqlalchemy.orm import DeclarativeBase, mapped_column
+
+        class Base(DeclarativeBase):
+            pass
+
+        class User(Base):  # no annotations: they would be strings here (future import)
+            __tablename__ = "users"
+            id = mapped_column(Integer, primary_key=True)
+            name = mapped_column(String(40), nullable=False)
+            score = mapped_column(Integer, nullable=False)
+
+        self.User = User
+        self.engine = create_async_engine(f"sqlite+aiosqlite:///{self.path}")
+
+        @event.listens_for(self.engine.sync_engine, "connect")
+        def no_fsync(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA synchronous=OFF")
+            cur.close()
+
+        async with self.engine.begin() as conn:
+            await conn.run_sync(Base.metadata.drop_all)
+            await conn.run_sync(Base.metadata.create_all)
+        self.Session = async_sessionmaker(self.engine, expire_on_commit=False)
+        async with self.Session() as session:
+            session.add_all(User(id=i, name=f"user{i}", score=i * 7 % 101) for i in range(64))
+            await session.commit()
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+async def orm_request(impl: SimpleNamespace | None, db: OrmDatabase, rid: int) -> int:
+    if impl is not None and impl.ensure is not None:
+        await impl.ensure()
+    total = 0
+    async with db.Session() as session:
+        for k in range(ORM_GETS):
+            user = await session.get(db.User, (rid * 5 + k * 11) % 64)
+            total += user.score + len(user.name)
+            session.expunge_all()
+    return total
+
+
+async def orm_body(impl: SimpleNamespace | None, batches: int, path: str) -> tuple[int, int]:
+    db = OrmDatabase(path)
+    await db.open()
+    checksum = 0
+    start = time.process_time_ns()
+    for b in range(batches):
+        tasks = [
+            asyncio.ensure_future(orm_request(impl, db, b * ORM_CONCURRENT + i))
+            for i in range(ORM_CONCURRENT)
+        ]
+        checksum += sum(await asyncio.gather(*tasks))
+    elapsed = time.process_time_ns() - start
+    await db.close()
+    return elapsed, checksum
+
+
+ORM_DIR: list[str] = []  # the worker's temporary directory for the orm database
+
+
 def one_run(impl: SimpleNamespace, workload: str, portal: bool, scale: float) -> tuple[int, int]:
     """(elapsed ns, checksum) of one timed run; the units are the workload's count."""
     in_portal = portal or workload in ("await", "await_ready")  # both sides in a portal task
@@ -291,6 +381,9 @@ def one_run(impl: SimpleNamespace, workload: str, portal: bool, scale: float) ->
             body = step_body(impl if portal else None, count(workload, scale))
         elif workload in ("await", "await_ready"):
             body = await_body(impl, count(workload, scale), workload == "await_ready", not portal)
+        elif workload == "orm":
+            path = os.path.join(ORM_DIR[0], "orm.sqlite")
+            body = orm_body(impl if portal else None, count(workload, scale), path)
         else:
             sync = workload.endswith("_sync")
             sockets = workload.startswith("service")
@@ -307,17 +400,28 @@ def one_run(impl: SimpleNamespace, workload: str, portal: bool, scale: float) ->
 def count(workload: str, scale: float) -> int:
     base = {"step": 200_000, "await": 200_000, "await_ready": 400_000}
     base |= {"requests": 400, "requests_sync": 400, "service": 60, "service_sync": 60}
+    base |= {"orm": 100}
     return max(1, int(base[workload] * scale))
 
 
 def units(workload: str, scale: float) -> int:
+    if workload == "orm":
+        return count(workload, scale) * ORM_CONCURRENT
     batched = workload.startswith(("requests", "service"))
     return count(workload, scale) * (50 if batched else 1)
 
 
 def worker(impl_name: str, workload: str, repeats: int, scale: float, cpu: int | None) -> dict:
     if cpu is not None:
-        os.sched_setaffinity(0, {cpu})
+        os.sched_setaffinity(0, {cpu})  # first: aiosqlite's threads inherit it
+    if workload == "orm":
+        if impl_name == "corolet":
+            import corolet
+
+            corolet.install()  # SQLAlchemy imports greenlet: corolet's, before it is imported
+        import tempfile
+
+        ORM_DIR.append(tempfile.mkdtemp(prefix="bench-portal-orm-"))
     impl = load(impl_name)
     best = {"plain": None, "portal": None}
     sums = {"plain": set(), "portal": set()}
@@ -329,6 +433,8 @@ def worker(impl_name: str, workload: str, repeats: int, scale: float, cpu: int |
             sums[side].add(checksum)
             if best[side] is None or ns < best[side]:
                 best[side] = ns
+    for path in ORM_DIR:
+        shutil.rmtree(path, ignore_errors=True)
     if len(sums["plain"]) != 1 or sums["plain"] != sums["portal"]:
         raise common.BenchError(f"{workload}: checksums differ: {sums}")
     n = units(workload, scale)
@@ -342,34 +448,50 @@ def worker(impl_name: str, workload: str, repeats: int, scale: float, cpu: int |
 # --------------------------------------------------------------------------- parent
 
 
+def orm_versions() -> dict[str, str]:
+    """This environment's versions of what the orm workload needs (none if absent)."""
+    import importlib.metadata
+
+    found = {}
+    for name in ORM_PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return found
+
+
 def greenback_venv(python: str, sys_version: str, version: str) -> str:
-    """The python of ``<repo>/.venv-bench-greenback-<version>``; (re)made if needed."""
+    """The python of ``<repo>/.venv-bench-greenback-<version>``; (re)made if needed, with
+    this environment's SQLAlchemy and aiosqlite versions for the orm workload."""
     venv = REPO / f".venv-bench-greenback-{version}"
     vpy = str(venv / "bin" / "python")
-    if os.path.exists(vpy) and venv_ok(vpy, sys_version):
+    extra = orm_versions()
+    if os.path.exists(vpy) and venv_ok(vpy, sys_version, extra):
         return vpy
-    common.log(
-        f"making {venv} with greenlet=={common.GREENLET_VERSION} greenback=={GREENBACK_VERSION}"
-    )
+    pins = [f"greenlet=={common.GREENLET_VERSION}", f"greenback=={GREENBACK_VERSION}"]
+    pins += [f"{name}=={v}" for name, v in extra.items()]
+    common.log(f"making {venv} with {' '.join(pins)}")
     subprocess.run([python, "-m", "venv", "--clear", str(venv)], check=True)
     pip = [vpy, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    pins = [f"greenlet=={common.GREENLET_VERSION}", f"greenback=={GREENBACK_VERSION}"]
     subprocess.run([*pip, *pins], check=True)
-    if not venv_ok(vpy, sys_version):
-        raise common.BenchError(f"{venv} does not provide greenback {GREENBACK_VERSION}")
+    if not venv_ok(vpy, sys_version, extra):
+        raise common.BenchError(f"{venv} does not provide {' '.join(pins)}")
     return vpy
 
 
-def venv_ok(vpy: str, sys_version: str) -> bool:
+def venv_ok(vpy: str, sys_version: str, extra: dict[str, str]) -> bool:
     try:
         greenlet = common.probe(vpy, "greenlet")
         greenback = common.probe(vpy, "greenback")
+        others = {name: common.probe(vpy, name).get(name) for name in extra}
     except (OSError, subprocess.CalledProcessError, ValueError):
         return False
     return (
         greenlet["sys_version"] == sys_version
         and greenlet.get("greenlet") == common.GREENLET_VERSION
         and greenback.get("greenback") == GREENBACK_VERSION
+        and others == extra
     )
 
 

@@ -14,6 +14,7 @@
 use std::cell::Cell;
 use std::ffi::{c_int, c_void, CStr};
 use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use pyo3::ffi;
@@ -408,9 +409,23 @@ unsafe extern "C" fn tp_init(
 /// # Safety
 /// GIL held.
 pub unsafe fn new_with(run: *mut ffi::PyObject, parent: *mut ffi::PyObject) -> *mut ffi::PyObject {
-    // SAFETY: GIL held; creating an instance of our own type.
+    // SAFETY: GIL held.
+    unsafe { new_of_type(globals().ty, run, parent) }
+}
+
+/// `ty(run, parent)` for `ty` our type or a subtype that adds no state of its own (as
+/// `PortalGreenlet`), without a type call; either may be null. New reference.
+///
+/// # Safety
+/// GIL held; `ty` is the greenlet type or such a subtype.
+pub unsafe fn new_of_type(
+    ty: *mut ffi::PyTypeObject,
+    run: *mut ffi::PyObject,
+    parent: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: GIL held; creating an instance of our own layout.
     unsafe {
-        let g = tp_new(globals().ty, ptr::null_mut(), ptr::null_mut());
+        let g = tp_new(ty, ptr::null_mut(), ptr::null_mut());
         if g.is_null() {
             return NULL;
         }
@@ -754,6 +769,32 @@ pub unsafe fn set_parent(obj: *mut ffi::PyObject, parent: *mut ffi::PyObject) ->
         let old = g.parent.replace(ffi::Py_NewRef(parent));
         ffi::Py_XDECREF(old);
         0
+    }
+}
+
+/// A heap subtype known not to override `run` (immutable, defines no `run`: `PortalGreenlet`),
+/// whose `run` a starting switch reads without an attribute lookup; null if none.
+static PLAIN_SUBTYPE: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(ptr::null_mut());
+
+/// Registers `ty` as such a subtype (see [`PLAIN_SUBTYPE`]).
+pub fn register_plain_subtype(ty: *mut ffi::PyTypeObject) {
+    PLAIN_SUBTYPE.store(ty, Ordering::Relaxed);
+}
+
+/// `obj.run` as a starting switch looks it up (new reference, or null with the error set):
+/// read directly when `obj`'s type cannot override it.
+///
+/// # Safety
+/// GIL held; `obj` a live greenlet.
+pub unsafe fn lookup_run(obj: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    // SAFETY: GIL held; live greenlet.
+    unsafe {
+        let ty = ffi::Py_TYPE(obj);
+        if ty == globals().ty || ty == PLAIN_SUBTYPE.load(Ordering::Relaxed) {
+            get_run(obj, ptr::null_mut())
+        } else {
+            ffi::PyObject_GetAttr(obj, globals().str_run)
+        }
     }
 }
 

@@ -17,6 +17,10 @@
 //! - [`readahead`]: the collector fetches suspended greenlets' frames ahead of its walk.
 //! - [`switch`]: `switch()`, `throw()`, starting, finishing and killing greenlets.
 //! - [`capi`]: greenlet's C API, as the `_C_API` capsule.
+//! - [`portal_run`]: `corolet.portal`'s greenlet side: `PortalGreenlet`, the job its
+//!   greenlet runs (the stepping loop), `await_`'s native path.
+//! - [`portal`]: `corolet.portal.Portal`, a coroutine whose steps run in a greenlet.
+//! - [`portal_factory`]: the asyncio task factory of `corolet.portal.install()`.
 //! - [`module`]: the `corolet._corolet` Python module.
 
 pub mod fiber;
@@ -32,6 +36,9 @@ pub mod capi;
 pub mod greenlet;
 pub mod messages;
 pub mod module;
+pub mod portal;
+pub mod portal_factory;
+pub mod portal_run;
 pub mod readahead;
 pub mod switch;
 pub mod thread;

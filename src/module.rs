@@ -423,6 +423,14 @@ fn corolet_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
         unsafe { pystate::corolet_clocks_per_sec() } as i64,
     )?;
     m.add("UnswitchableGreenlet", unswitchable_type(py, ty)?)?;
+    crate::portal_run::init(m, ty)?;
+    m.add_class::<crate::portal::Portal>()?;
+    m.add_class::<crate::portal_factory::PortalTaskFactory>()?;
+    crate::portal::install_am_send(&py.get_type::<crate::portal::Portal>());
+    m.add_function(wrap_pyfunction!(crate::portal_run::_portal_await, m)?)?;
+    m.add_function(wrap_pyfunction!(crate::portal_run::_portal_switch, m)?)?;
+    m.add_function(wrap_pyfunction!(crate::portal_run::_portal_set_main, m)?)?;
+    m.add_function(wrap_pyfunction!(crate::portal_run::_portal_step, m)?)?;
     // SAFETY: GIL held; the type and exceptions exist now.
     let capsule = unsafe { Bound::from_owned_ptr_or_err(py, crate::capi::capsule())? };
     m.add("_C_API", capsule)?;

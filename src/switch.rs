@@ -43,6 +43,9 @@ pub enum Kind {
 pub struct Payload {
     origin: *mut ffi::PyObject,
     kind: Option<Kind>,
+    /// Strong or null: a note for the receiver beside the value, by value like it (the
+    /// portal's messages, `portal_run.rs`); null for every switch made through the API.
+    tag: *mut ffi::PyObject,
 }
 
 impl Payload {
@@ -52,6 +55,7 @@ impl Payload {
         Payload {
             origin,
             kind: Some(kind),
+            tag: ptr::null_mut(),
         }
     }
 }
@@ -61,6 +65,7 @@ impl Drop for Payload {
         // SAFETY: payloads live and die with the GIL held; references are owned.
         unsafe {
             ffi::Py_XDECREF(self.origin);
+            ffi::Py_XDECREF(self.tag);
             match self.kind.take() {
                 Some(Kind::Value(v)) => ffi::Py_XDECREF(v),
                 Some(Kind::Args { args, kwargs }) => {
@@ -159,7 +164,7 @@ unsafe fn resolve(ts: &ThreadState, target: *mut ffi::PyObject) -> Result<*mut f
 unsafe fn prepare_start(ts: &ThreadState, g: *mut ffi::PyObject) -> Result<bool, ()> {
     // SAFETY: GIL held; `g` is a live, unstarted greenlet.
     unsafe {
-        let run = ffi::PyObject_GetAttr(g, globals().str_run);
+        let run = crate::greenlet::lookup_run(g);
         if run.is_null() {
             return Err(());
         }
@@ -348,23 +353,50 @@ unsafe fn single(obj: *mut ffi::PyObject) -> *mut ffi::PyObject {
 pub unsafe fn switch_to(target: *mut ffi::PyObject, kind: Kind) -> *mut ffi::PyObject {
     // SAFETY: GIL held; `target` is a live greenlet.
     unsafe {
+        let mut tag = ptr::null_mut();
+        let r = switch_to_tagged(target, kind, ptr::null_mut(), &mut tag);
+        ffi::Py_XDECREF(tag);
+        r
+    }
+}
+
+/// [`switch_to`] with a tag travelling beside the value (`tag`, stolen, may be null); the
+/// tag of the switch that resumes this greenlet goes to `received` (owned, null if none).
+///
+/// Inlined into [`switch_to`]: a parked greenlet's native frames must stay as small as they
+/// were before tags (on 3.14 a separate frame here pushed a parked greenlet past the top
+/// page of its stack slot, `test_parked_greenlet_shares_one_stack_page...`).
+///
+/// # Safety
+/// GIL held; `target` is a live greenlet.
+#[inline(always)]
+pub unsafe fn switch_to_tagged(
+    target: *mut ffi::PyObject,
+    kind: Kind,
+    tag: *mut ffi::PyObject,
+    received: &mut *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: GIL held; `target` is a live greenlet.
+    unsafe {
         let ts = ThreadState::get();
         if ts.is_null() {
             drop(Payload {
                 origin: ptr::null_mut(),
                 kind: Some(kind),
+                tag,
             });
             return NULL;
         }
         let ts = &*ts;
         ts.drain_deleteme();
         let cur = ts.current();
-        let payload = Payload::new(cur, kind);
+        let mut payload = Payload::new(cur, kind);
+        payload.tag = tag;
         let dest = match resolve(ts, target) {
             Ok(dest) => dest,
             Err(()) => return NULL,
         };
-        let received = if dest == cur {
+        let mut received_payload = if dest == cur {
             payload
         } else {
             match transfer(ts, cur, dest, payload) {
@@ -372,7 +404,8 @@ pub unsafe fn switch_to(target: *mut ffi::PyObject, kind: Kind) -> *mut ffi::PyO
                 Err(()) => return NULL,
             }
         };
-        let result = deliver(ts, received);
+        *received = std::mem::replace(&mut received_payload.tag, ptr::null_mut());
+        let result = deliver(ts, received_payload);
         if result.is_null() && ffi::PyErr_Occurred().is_null() {
             set_error(globals().error, msg::NULL_WITHOUT_ERROR);
         }

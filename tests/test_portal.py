@@ -564,3 +564,43 @@ def test_ensure_portal_in_a_pure_python_asyncio_task_replaces_its_coroutine_attr
     if result == "unseen":
         pytest.skip("this asyncio's current_task() does not see pure-Python tasks (3.15)")
     assert result == "pure-Python task"
+
+
+def test_trio_an_autoawait_finalizer_of_an_object_made_in_a_child_task_runs_in_a_task():
+    # greenback's test_magic: trio answers a timed-out sleep with Error(Cancelled), whose
+    # traceback keeps the frames of the awaits it ended (linked back to the caller frames once
+    # they finish, on 3.12+), and with them the object __init__ made. The loop's answer stays
+    # referenced under the coroutine as a Python stepping loop's local would, so those frames
+    # form a cycle the collector breaks in a task, not a chain the Trio runner frees between
+    # tasks, where the finalizer could not await.
+    trio = pytest.importorskip("trio", reason="trio is in tests/requirements.txt")
+    testing = pytest.importorskip("trio.testing", reason="trio is in tests/requirements.txt")
+
+    where: list[object] = []
+
+    class Magic:
+        @portal.autoawait
+        async def __init__(self) -> None:
+            await trio.sleep(1)
+
+        @portal.autoawait
+        async def __del__(self) -> None:
+            where.append(trio.lowlevel.current_task().name)
+            await trio.sleep(2)
+
+    async def child() -> None:
+        await portal.ensure_portal()
+        Magic()
+
+    async def main() -> float:
+        await portal.ensure_portal()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(child)
+            obj = Magic()
+        del obj
+        for _ in range(4):
+            gc.collect()
+        return trio.current_time()
+
+    assert trio.run(main, clock=testing.MockClock(autojump_threshold=0)) == 5
+    assert len(where) == 2

@@ -1,10 +1,10 @@
 """Type stubs for corolet's compiled module (greenlet's API, plus corolet's own helpers)."""
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextvars import Context
-from types import FrameType, TracebackType
-from typing import Any, Literal
+from types import CodeType, FrameType, TracebackType
+from typing import Any, Literal, final
 
 from typing_extensions import disjoint_base
 
@@ -29,6 +29,16 @@ __all__ = [
     "set_thread_local",
     "enable_optional_cleanup",
     "get_clocks_used_doing_optional_cleanup",
+    "Portal",
+    "PortalGreenlet",
+    "PortalJob",
+    "PortalTaskFactory",
+    "Raised",
+    "_Detach",
+    "_portal_await",
+    "_portal_set_main",
+    "_portal_step",
+    "_portal_switch",
 ]
 if sys.version_info < (3, 13):
     __all__ += ["get_tstate_trash_delete_nesting"]
@@ -96,3 +106,69 @@ GREENLET_USE_TRACING: int
 GREENLET_USE_CONTEXT_VARS: int
 GREENLET_USE_STANDARD_THREADING: int
 CLOCKS_PER_SEC: int
+
+# corolet.portal's native parts (src/portal.rs, src/portal_run.rs).
+
+class PortalGreenlet(greenlet):
+    __sqlalchemy_greenlet_provider__: bool
+
+class _Detach(BaseException): ...
+
+@final
+class Portal:
+    active: bool
+    def __new__(
+        cls,
+        coro: Coroutine[Any, Any, Any] | None,
+        active: bool = True,
+        *,
+        sync: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]] | None = None,
+    ) -> Portal: ...
+    def send(self, value: Any = None) -> Any: ...
+    def __next__(self) -> Any: ...
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any: ...
+    def close(self) -> None: ...
+    def __await__(self) -> Portal: ...
+    def __iter__(self) -> Portal: ...
+    def detach(self) -> None: ...
+    @property
+    def cr_frame(self) -> FrameType | None: ...
+    @property
+    def cr_running(self) -> bool: ...
+    @property
+    def cr_suspended(self) -> bool: ...
+    @property
+    def cr_await(self) -> Any: ...
+    @property
+    def cr_code(self) -> CodeType | None: ...
+    @property
+    def cr_origin(self) -> Any: ...
+    @property
+    def __name__(self) -> str: ...
+    @property
+    def __qualname__(self) -> str: ...
+    @property
+    def coroutine(self) -> Coroutine[Any, Any, Any] | None: ...
+    @property
+    def greenlet(self) -> PortalGreenlet | None: ...
+
+@final
+class PortalTaskFactory:
+    chained: Callable[..., Any] | None
+    eager: bool
+    def __new__(cls, chained: Callable[..., Any] | None, eager: bool) -> PortalTaskFactory: ...
+    def __call__(self, event_loop: Any, coro: Any, **kwargs: Any) -> Any: ...
+
+@final
+class PortalJob:
+    def __call__(self, value: Any) -> Any: ...
+
+@final
+class Raised:
+    @property
+    def error(self) -> BaseException: ...
+
+def _portal_await(aw: Any, held: list[Any] | None = None) -> Any: ...
+def _portal_set_main(f: Callable[[Any], Any]) -> None: ...
+def _portal_step(held: list[Any]) -> Any: ...
+def _portal_switch(driver: greenlet | None, yielded: Any, resume: Any) -> Any: ...

@@ -3,7 +3,8 @@
 Model
 -----
 asyncio's official hook for what a task steps is the loop's task factory
-(``loop.set_task_factory``). ``install(loop)`` sets a :class:`PortalTaskFactory` that wraps each
+(``loop.set_task_factory``). ``install(loop)`` sets a :class:`PortalTaskFactory` (native,
+``src/portal_factory.rs``: it runs once per task) that wraps each
 new task's coroutine in a :class:`~corolet.portal._core.Portal` and then makes the task the way
 the loop would have: through the factory that was set before (chained, e.g. asyncio's
 ``eager_task_factory`` or a tracing one), else ``asyncio.Task``. Works for any loop that honours
@@ -30,29 +31,14 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from corolet.portal._core import Portal
+from corolet._corolet import PortalTaskFactory
+from corolet.portal import _core  # noqa: F401  (Portal registered as a Coroutine first)
 
 _T = TypeVar("_T")
 
 TaskFactory = Callable[..., "asyncio.Future[Any]"]
 
-
-class PortalTaskFactory:
-    """The task factory of ``install()``: each new task steps its coroutine in a portal."""
-
-    __slots__ = ("chained", "eager")
-
-    def __init__(self, chained: TaskFactory | None, eager: bool) -> None:
-        self.chained = chained
-        self.eager = eager
-
-    def __call__(
-        self, loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any
-    ) -> asyncio.Future[Any]:
-        portal = Portal(coro, active=self.eager)
-        if self.chained is not None:
-            return self.chained(loop, portal, **kwargs)
-        return asyncio.Task(portal, loop=loop, **kwargs)
+__all__ = ["PortalTaskFactory", "install", "new_event_loop", "run", "uninstall"]
 
 
 def install(loop: asyncio.AbstractEventLoop | None = None, *, eager: bool = True) -> None:

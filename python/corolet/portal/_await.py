@@ -2,15 +2,17 @@
 
 Model
 -----
-``await_(aw)`` runs in whatever greenlet calls it: the portal's greenlet *P* (see ``_core.py``)
-or a greenlet started under P. It finds P by walking up the greenlet parents, then steps ``aw``
-itself, switching each thing ``aw`` yields straight to P's parent (the driver, where the event
-loop runs) as the message ``(yielded, resume)``: ``resume`` is the calling greenlet, or None
-for P itself. The loop's answer (a value, or an exception such as ``CancelledError``) comes back
-at this very call and goes into ``aw``, so a cancellation or timeout is raised in the sync code,
-where its ``finally`` blocks run. Native coroutines and generators are stepped directly, so a
-traceback shows ``await_`` once between the sync caller and the coroutine; other awaitables go
-through ``__await__`` (or their own ``send``/``throw`` when they are coroutines by the ABC).
+``await_(aw)`` runs in whatever greenlet calls it: the portal's greenlet *P* (see
+``_core.py``) or a greenlet started under P. It finds P by walking up the greenlet parents,
+then steps ``aw`` itself, switching each thing ``aw`` yields straight to P's parent (the
+driver, where the event loop runs), the switch tagged with ``resume``: the calling greenlet, or
+None for P itself (``_corolet._portal_switch``; native coroutines are stepped by
+``_corolet._portal_await``, the same loop in Rust, ``src/portal_run.rs``). The loop's answer (a
+value, or an exception such as ``CancelledError``) comes back at this very call and goes into
+``aw``, so a cancellation or timeout is raised in the sync code, where its ``finally`` blocks
+run. Native coroutines and generators are stepped directly, so a traceback shows ``await_``
+once between the sync caller and the coroutine; other awaitables go through ``__await__`` (or
+their own ``send``/``throw`` when they are coroutines by the ABC).
 
 Outside a portal, in a greenlet a bridge spawned (``greenlet_spawn``: its
 ``__sqlalchemy_greenlet_provider__`` flag), ``await_`` hands the awaitable to that bridge's
@@ -33,19 +35,14 @@ from functools import partial
 from inspect import CO_ITERABLE_COROUTINE
 from typing import Any, TypeVar, cast
 
-from corolet._corolet import getcurrent, greenlet
+from corolet._corolet import PortalGreenlet, _portal_await, _portal_switch, getcurrent, greenlet
 
 _T = TypeVar("_T")
 
 _CoroutineType = types.CoroutineType
 _GeneratorType = types.GeneratorType
 
-
-class PortalGreenlet(greenlet):
-    """The greenlet a portal steps its coroutine in; a spawned greenlet in SQLAlchemy's sense
-    (its parent is the driver), so greenlet bridges' ``await_only`` works in it."""
-
-    __sqlalchemy_greenlet_provider__ = True
+__all__ = ["PortalError", "PortalGreenlet", "await_", "in_portal"]
 
 
 class PortalError(RuntimeError):
@@ -68,9 +65,11 @@ def await_(aw: Awaitable[_T]) -> _T:
             portal = portal.parent
     native: Any = aw
     kind: type = type(native)
-    if kind is _CoroutineType or (
-        kind is _GeneratorType and native.gi_code.co_flags & CO_ITERABLE_COROUTINE
-    ):
+    if kind is _CoroutineType:
+        # Stepped natively; this frame holds the loop's answers (see _core.py's invariants).
+        held: list[Any] = [None]
+        return _portal_await(aw, held)  # type: ignore[no-any-return]
+    if kind is _GeneratorType and native.gi_code.co_flags & CO_ITERABLE_COROUTINE:
         send: Callable[[Any], Any] = native.send
         throw: Callable[[BaseException], Any] = native.throw
     else:
@@ -83,8 +82,8 @@ def await_(aw: Awaitable[_T]) -> _T:
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
         try:
-            value = (getcurrent() if portal is None else portal).parent.switch(  # type: ignore[union-attr]
-                yielded, current
+            value = _portal_switch(
+                (getcurrent() if portal is None else portal).parent, yielded, current
             )
         except BaseException as exc:
             value = exc
@@ -92,6 +91,10 @@ def await_(aw: Awaitable[_T]) -> _T:
         else:
             step = send
         del yielded
+
+
+# What _corolet._portal_await hands back what it does not step itself.
+_await_slow = await_
 
 
 def _steppers(aw: Any) -> tuple[Callable[[Any], Any], Callable[[BaseException], Any]]:
