@@ -203,7 +203,8 @@ sid-chroot:
 # failing (--error-exitcode) on any invalid read, write or free and any use of an uninitialised
 # value. VALGRIND_TESTS picks the files about corolet's native code (switching, throw, parents,
 # threads, collection, weak references, contexts, frames, tracing, the C API, stack sizes,
-# lifecycle: about 60% of the suite's tests), without the two tests that make 100,000
+# lifecycle, the native portal: about 70% of the suite's tests; the portal's two files take
+# about 2 minutes), without the two tests that make 100,000
 # greenlets or run out of mappings (minutes under valgrind). The others: test_datastack.py
 # measures resident memory (meaningless under valgrind), test_examples.py and
 # test_sqlalchemy.py only start child processes (valgrind does not follow them); the rest
@@ -220,7 +221,7 @@ sid-chroot:
 VALGRIND_PYTHON ?= /root/.pyenv/versions/3.13.0/bin/python
 VALGRIND_FLAGS ?=
 VALGRIND_TESTS ?= $(addprefix tests/test_,$(addsuffix .py,switching throw parent threads gc \
-    weakref contextvars frames tracing capi stack_size lifecycle)) \
+    weakref contextvars frames tracing capi stack_size lifecycle portal_protocol portal)) \
     -k "not hundred_thousand_suspended and not running_out_of_mappings"
 valgrind:
 	$(MAKE) --no-print-directory valgrind-here PYTHON=$(VALGRIND_PYTHON)
