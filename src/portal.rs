@@ -87,13 +87,7 @@ fn handle(
         }
         let r = Bound::from_owned_ptr(py, r);
         if !tag.is_null() {
-            let tag = Bound::from_owned_ptr(py, tag);
-            let mut me = slf.borrow_mut();
-            me.resume = if tag.is_none() {
-                me.greenlet.as_ref().map(|g| g.clone_ref(py))
-            } else {
-                Some(tag.unbind())
-            };
+            set_resume(slf, Bound::from_owned_ptr(py, tag));
             return Ok(Step::Yield(r.unbind()));
         }
         let p = slf.borrow().greenlet.as_ref().map(|g| g.clone_ref(py));
@@ -109,6 +103,17 @@ fn handle(
         }
         bridge(slf, p.expect("alive"), r)
     }
+}
+
+/// A tagged message names the greenlet the loop's next answer goes to: None stands for P.
+fn set_resume(slf: &Bound<'_, Portal>, tag: Bound<'_, PyAny>) {
+    let py = slf.py();
+    let mut me = slf.borrow_mut();
+    me.resume = if tag.is_none() {
+        me.greenlet.as_ref().map(|g| g.clone_ref(py))
+    } else {
+        Some(tag.unbind())
+    };
 }
 
 /// P sent an awaitable by the bridge protocol: await it in a helper greenlet under P, which
@@ -472,13 +477,7 @@ impl Portal {
                 }
                 let r = Bound::from_owned_ptr(py, r);
                 if !tag.is_null() {
-                    let tag = Bound::from_owned_ptr(py, tag);
-                    let mut me = slf.borrow_mut();
-                    me.resume = if tag.is_none() {
-                        me.greenlet.as_ref().map(|g| g.clone_ref(py))
-                    } else {
-                        Some(tag.unbind())
-                    };
+                    set_resume(slf, Bound::from_owned_ptr(py, tag));
                     continue;
                 }
                 let p = slf.borrow().greenlet.as_ref().map(|g| g.clone_ref(py));
