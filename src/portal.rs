@@ -554,24 +554,12 @@ impl Portal {
 
     #[getter]
     fn cr_running(&self, py: Python<'_>) -> PyResult<bool> {
-        self.inner_attr(
-            py,
-            "cr_running",
-            false.into_pyobject(py)?.to_owned().into_any().unbind(),
-        )?
-        .bind(py)
-        .is_truthy()
+        self.inner_flag(py, "cr_running")
     }
 
     #[getter]
     fn cr_suspended(&self, py: Python<'_>) -> PyResult<bool> {
-        self.inner_attr(
-            py,
-            "cr_suspended",
-            false.into_pyobject(py)?.to_owned().into_any().unbind(),
-        )?
-        .bind(py)
-        .is_truthy()
+        self.inner_flag(py, "cr_suspended")
     }
 
     #[getter]
@@ -665,6 +653,12 @@ impl Portal {
             Err(e) if e.is_instance_of::<PyAttributeError>(py) => Ok(default),
             Err(e) => Err(e),
         }
+    }
+
+    /// The inner coroutine's boolean attribute `name`, false when there is none.
+    fn inner_flag(&self, py: Python<'_>, name: &str) -> PyResult<bool> {
+        let no = false.into_pyobject(py)?.to_owned().into_any().unbind();
+        self.inner_attr(py, name, no)?.bind(py).is_truthy()
     }
 
     fn named(&self, py: Python<'_>, name: &str) -> PyResult<Py<PyAny>> {
