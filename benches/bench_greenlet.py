@@ -79,6 +79,7 @@ from functools import partial
 from itertools import repeat
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 GREENLET_VERSION = "3.5.6"
 SCRIPT = Path(__file__).resolve()
@@ -328,6 +329,24 @@ except Exception as e:
     info["error"] = repr(e)
 print(json.dumps(info))
 """
+
+
+def sqlite_async_engine(path: str) -> Any:
+    """SQLAlchemy's async engine over aiosqlite on the file ``path``, every connection made
+    with ``PRAGMA synchronous=OFF`` (the ORM benchmarks time the bridge, not fsync). SQLAlchemy
+    is imported here, so the caller's ``greenlet`` must already be the one to measure."""
+    from sqlalchemy import event
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def no_fsync(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA synchronous=OFF")
+        cur.close()
+
+    return engine
 
 
 def probe(python: str, module: str) -> dict:

@@ -134,8 +134,8 @@ def worker(impl: str, settings: SimpleNamespace, tmp: str, cpu: int | None) -> d
     import aiosqlite
     import greenlet
     import sqlalchemy
-    from sqlalchemy import Integer, String, event, func, select
-    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+    from sqlalchemy import Integer, String, func, select
+    from sqlalchemy.ext.asyncio import async_sessionmaker
     from sqlalchemy.orm import DeclarativeBase, mapped_column
 
     class Base(DeclarativeBase):
@@ -159,13 +159,7 @@ def worker(impl: str, settings: SimpleNamespace, tmp: str, cpu: int | None) -> d
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
     async def one_run(db: str, batches: int, gets: int) -> dict:
-        engine = create_async_engine(f"sqlite+aiosqlite:///{db}")
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def no_fsync(dbapi_conn, _record):
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA synchronous=OFF")
-            cur.close()
+        engine = common.sqlite_async_engine(db)
 
         async with engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)

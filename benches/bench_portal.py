@@ -307,8 +307,8 @@ class OrmDatabase:
         self.path = path
 
     async def open(self) -> None:
-        from sqlalchemy import Integer, String, event
-        from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+        from sqlalchemy import Integer, String
+        from sqlalchemy.ext.asyncio import async_sessionmaker
         from sqlalchemy.orm import DeclarativeBase, mapped_column
 
         class Base(DeclarativeBase):
@@ -321,13 +321,7 @@ class OrmDatabase:
             score = mapped_column(Integer, nullable=False)
 
         self.User = User
-        self.engine = create_async_engine(f"sqlite+aiosqlite:///{self.path}")
-
-        @event.listens_for(self.engine.sync_engine, "connect")
-        def no_fsync(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA synchronous=OFF")
-            cur.close()
+        self.engine = common.sqlite_async_engine(self.path)
 
         async with self.engine.begin() as conn:
             await conn.run_sync(Base.metadata.drop_all)
