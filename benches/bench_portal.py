@@ -20,7 +20,10 @@ parent keeps the best over ``--rounds`` rounds (alternating which side goes firs
 ns per unit plain and with a portal on each side, the ratio portal / plain (1.00: a portal
 costs nothing), and corolet's portal figure against greenback's. Each workload returns a
 checksum that the worker compares between plain and portal and the parent between the two
-sides, so a workload that went wrong fails the run instead of giving a fast number.
+sides, so a workload that went wrong fails the run instead of giving a fast number. Under the
+table, for the workloads that make the kernel switch threads (``orm``: aiosqlite's thread), the
+process's context switches per unit on each side (``getrusage``, mean over the timed runs): a
+count, not a time, for telling a portal's own cost from the thread hand-offs around it.
 
 Workloads
 ---------
@@ -86,6 +89,7 @@ import asyncio
 import gc
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -419,11 +423,14 @@ def worker(impl_name: str, workload: str, repeats: int, scale: float, cpu: int |
     impl = load(impl_name)
     best = {"plain": None, "portal": None}
     sums = {"plain": set(), "portal": set()}
+    switches = {"plain": 0, "portal": 0}  # the kernel's context switches in the timed runs
     one_run(impl, workload, False, scale / 4)  # warm-up
     one_run(impl, workload, True, scale / 4)
     for _ in range(repeats):
         for side in ("plain", "portal"):
+            before = context_switches()
             ns, checksum = one_run(impl, workload, side == "portal", scale)
+            switches[side] += context_switches() - before
             sums[side].add(checksum)
             if best[side] is None or ns < best[side]:
                 best[side] = ns
@@ -435,8 +442,17 @@ def worker(impl_name: str, workload: str, repeats: int, scale: float, cpu: int |
     return {
         "plain_ns": best["plain"] / n,
         "portal_ns": best["portal"] / n,
+        "plain_csw": switches["plain"] / (n * repeats),
+        "portal_csw": switches["portal"] / (n * repeats),
         "checksum": sums["plain"].pop(),
     }
+
+
+def context_switches() -> int:
+    """The process's context switches so far, voluntary and not, all its threads (aiosqlite's
+    included): where the orm workload's CPU time goes besides Python, and what moves it."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_nvcsw + usage.ru_nivcsw
 
 
 # --------------------------------------------------------------------------- parent
@@ -521,6 +537,8 @@ def summarise(workload: str, per_impl: dict) -> dict:
         portal = min(r["portal_ns"] for r in good)
         sums |= {r["checksum"] for r in good}
         row[impl] = {"plain_ns": plain, "portal_ns": portal, "ratio": portal / plain}
+        for side in ("plain", "portal"):
+            row[impl][f"{side}_csw"] = sum(r[f"{side}_csw"] for r in good) / len(good)
     if len(sums) > 1:
         row["errors"].append({"impl": "both", "error": f"checksums differ between sides: {sums}"})
     if row["corolet"] and row["greenback"]:
@@ -546,6 +564,16 @@ def table(rows: list[dict], header: str) -> str:
             f"{cell(c, 'portal_ns', '.0f')} | {cell(c, 'ratio', '.2f')} | "
             f"{cell(g, 'portal_ns', '.0f')} | {cell(g, 'ratio', '.2f')} | {vs} |"
         )
+    busy = [r for r in rows if any(r[i] and r[i]["portal_csw"] >= 0.05 for i in IMPLS)]
+    if busy:
+        lines += ["", "Context switches per unit (all threads, timed runs), plain / portal:"]
+    for r in busy:
+        both = [
+            f"{impl} {r[impl]['plain_csw']:.2f} / {r[impl]['portal_csw']:.2f}"
+            for impl in IMPLS
+            if r[impl]
+        ]
+        lines.append(f"- {r['workload']}: {'; '.join(both)}")
     return "\n".join(lines)
 
 
